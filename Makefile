@@ -1,0 +1,30 @@
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+
+.PHONY: install test test-all lint format bench demo-lv demo-ct demo-ns clean
+
+install:  ## install hybridsim with its dev tools (editable)
+	$(PIP) install -e ".[dev]"
+
+test:  ## the test suite (CPU, a few minutes on 2 cores)
+	$(PYTHON) -m pytest -q
+
+test-fast:  ## skip the tests marked slow
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint:
+	$(PYTHON) -m ruff check hybridsim tests benchmarks
+	$(PYTHON) -m ruff format --check hybridsim tests benchmarks
+
+format:
+	$(PYTHON) -m ruff format hybridsim tests benchmarks
+	$(PYTHON) -m ruff check --fix hybridsim tests benchmarks
+
+bench:  ## benchmarks against the named peers (needs: pip install -e ".[bench]")
+	$(PYTHON) benchmarks/run_all.py
+
+demo-lv:  ## the Lotka-Volterra UDE on its defaults
+	hybridsim train problem=lv
+
+clean:
+	rm -rf outputs/* multirun .pytest_cache

@@ -1,0 +1,1 @@
+"""Corrections: plain nn.Modules that know nothing about physics."""

@@ -1,0 +1,1 @@
+"""Differentiable, batched, device-agnostic numerical building blocks (no Hydra, no h5py)."""
