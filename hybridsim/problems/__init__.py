@@ -1,3 +1,4 @@
 """Problems: one module per problem; importing this package registers them all."""
 
-from hybridsim.problems.base import Problem, register, registered  # noqa: F401
+from hybridsim.problems import lotka_volterra  # noqa: F401  (registers problem=lv)
+from hybridsim.problems.base import Problem, ProblemError, register, registered  # noqa: F401

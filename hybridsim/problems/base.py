@@ -105,6 +105,46 @@ class Problem(abc.ABC):
         network inputs and outputs.
         """
 
+    def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
+        """Reject a solver, correction or coupling that does not fit; return the coupling."""
+        for group, value, valid in (("solver", solver, self.solvers),
+                                    ("correction", correction, self.corrections)):
+            if value not in valid:
+                raise ProblemError(
+                    f"{group}={value} does not apply to problem={self.name}; "
+                    f"choose one of: {', '.join(valid)}"
+                )
+        coupling = coupling or self.couplings[0]
+        if coupling not in self.couplings:
+            raise ProblemError(
+                f"coupling={coupling} does not apply to problem={self.name}; "
+                f"choose one of: {', '.join(self.couplings)}"
+            )
+        return coupling
+
+    def model_set(
+        self,
+        solver: Any,
+        correction: Any,
+        coupling: str,
+        train: SplitData,
+        baselines: bool,
+        untrained: bool = False,
+    ) -> dict[str, nn.Module]:
+        """The main model (``hybrid``), the trainable comparators when ``baselines``, and the
+        untrained ones (the solver alone) when ``untrained``."""
+        models = {"hybrid": self.build_model(solver, correction, coupling, train)}
+        groups = {**(self.baselines() if baselines else {}),
+                  **(self.untrained_baselines() if untrained else {})}
+        if groups:
+            for name, (corr_name, corr_coupling) in groups.items():
+                if (corr_name, corr_coupling) == (correction.name, coupling):
+                    continue  # the main model already is this comparator
+                same = correction.name == corr_name
+                corr = correction if same else type(correction)(name=corr_name, kind=corr_name)
+                models[name] = self.build_model(solver, corr, corr_coupling, train)
+        return models
+
     # -------------------------------------------------------------- training
     @abc.abstractmethod
     def batch(
@@ -128,10 +168,14 @@ class Problem(abc.ABC):
     def baselines(self) -> dict[str, tuple[str, str]]:
         """Comparators that ``train`` fits beside the main model: name -> (correction, coupling).
 
-        Models that need no training (the solver alone, classical reconstructions) are built
-        directly at evaluation and are not listed here.
+        Models that need no training are listed by :meth:`untrained_baselines` instead.
         """
         return {}
+
+    def untrained_baselines(self) -> dict[str, tuple[str, str]]:
+        """Comparators built directly at evaluation, without training: name -> (correction,
+        coupling). By default the solver alone."""
+        return {"solver": ("none", self.couplings[0])}
 
     # ------------------------------------------------------------ evaluation
     @abc.abstractmethod

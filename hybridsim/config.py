@@ -1,0 +1,279 @@
+"""Structured config schemas, registered in Hydra's ConfigStore, and validation.
+
+Each YAML option in ``conf/<group>/`` extends one schema here (``defaults: [/schema/...]``), so a
+wrong type or an unknown key fails at composition with OmegaConf's message naming the key.
+Range checks (positive step sizes, non-negative noise, …) run in ``__post_init__`` when the
+composed config is turned into these dataclasses by :func:`to_typed`, and name the key.
+
+Only ``cli.py`` and this module know about Hydra/OmegaConf; everything below takes the typed
+dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value out of range; the message names the offending key."""
+
+
+def _positive(prefix: str, **values: float) -> None:
+    for key, value in values.items():
+        if value is None or not value > 0:
+            raise ConfigError(f"{prefix}.{key} must be > 0, got {value}")
+
+
+def _non_negative(prefix: str, **values: float) -> None:
+    for key, value in values.items():
+        if value is None or value < 0:
+            raise ConfigError(f"{prefix}.{key} must be >= 0, got {value}")
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value} is not valid; choose one of: {', '.join(choices)}")
+
+
+# ----------------------------------------------------------------------------- problems
+@dataclass
+class LVConfig:
+    """Lotka–Volterra: dx/dt = αx − βxy, dy/dt = γxy − δy (lecture defaults)."""
+
+    name: str = "lv"
+    alpha: float = 1.1
+    beta: float = 0.4
+    gamma: float = 0.1
+    delta: float = 0.4
+    x0: float = 10.0
+    y0: float = 10.0
+    # When set, [x_min, x_max, y_min, y_max]: initial conditions drawn uniformly per trajectory.
+    ic_box: list[float] | None = None
+    n_train: int = 1
+    n_val: int = 1
+    n_test: int = 1
+    t_train: float = 20.0
+    t_test: float = 40.0
+    dt_obs: float = 0.1
+    noise: float = 0.01
+    seed_train: int = 1
+    seed_val: int = 2
+    seed_test: int = 3
+    # Model: θ₃ (the predator death rate seen by the UDE) is learned from this starting value.
+    theta3_init: float = 0.5
+    learn_theta3: bool = True
+    # Equation discovery on the learned terms.
+    library_degree: int = 3
+    threshold: float = 0.05
+
+    def __post_init__(self) -> None:
+        p = "problem"
+        _positive(p, t_train=self.t_train, t_test=self.t_test, dt_obs=self.dt_obs)
+        _positive(p, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
+        _positive(p, x0=self.x0, y0=self.y0, library_degree=self.library_degree)
+        _non_negative(p, noise=self.noise, threshold=self.threshold, theta3_init=self.theta3_init)
+        _non_negative(p, alpha=self.alpha, beta=self.beta, gamma=self.gamma, delta=self.delta)
+        if self.t_test < self.t_train:
+            raise ConfigError(
+                f"problem.t_test={self.t_test} must be >= problem.t_train={self.t_train}"
+            )
+        if self.t_train < 2 * self.dt_obs:
+            raise ConfigError("problem.t_train must span at least two sampling intervals dt_obs")
+        if self.ic_box is not None:
+            box = self.ic_box
+            if len(box) != 4 or not (0 < box[0] <= box[1] and 0 < box[2] <= box[3]):
+                raise ConfigError(
+                    f"problem.ic_box must be [x_min, x_max, y_min, y_max] with 0 < min <= max, "
+                    f"got {list(box)}"
+                )
+
+
+# ------------------------------------------------------------------------------ solvers
+@dataclass
+class ODESolverConfig:
+    """An ODE integrator: euler, rk4 (fixed step, ``substeps`` per output interval), dopri5."""
+
+    name: str = MISSING
+    kind: str = "ode"
+    substeps: int = 1
+    rtol: float = 1e-6
+    atol: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _positive("solver", substeps=self.substeps, rtol=self.rtol, atol=self.atol)
+
+
+# -------------------------------------------------------------------------- corrections
+@dataclass
+class CorrectionConfig:
+    """A network, or ``none``. Fields not used by a kind are ignored by it."""
+
+    name: str = "none"
+    kind: str = "none"  # none | mlp | convnet | resnet | unet
+    width: list[int] = field(default_factory=lambda: [32, 32])
+    activation: str = "tanh"
+    # The last layer's initial weights are scaled by this: small corrections keep early
+    # unrolls stable; 0 starts exactly at the solver alone.
+    init_scale: float = 0.1
+    kernel_size: int = 3
+    blocks: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of("correction.kind", self.kind, ("none", "mlp", "convnet", "resnet", "unet"))
+        _non_negative("correction", init_scale=self.init_scale, blocks=self.blocks)
+        _positive("correction", kernel_size=self.kernel_size)
+        for w in self.width:
+            _positive("correction", width=w)
+
+
+# ------------------------------------------------------------------------------ recipes
+@dataclass
+class RecipeConfig:
+    """How to train: optimiser, schedule, unroll curriculum, gradient mode, polish."""
+
+    name: str = MISSING
+    optimizer: str = "adam"  # adam | adamw | rmsprop
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"  # constant | cosine | inverse_step
+    lr_min_factor: float = 0.01
+    lr_decay_every: int = 500  # inverse_step: lr / (1 + step // lr_decay_every)
+    weight_decay: float = 0.0
+    steps: int = 1000
+    batch_size: int = 64
+    # Unroll lengths (solver steps / output intervals per sample), one stage each, spread evenly
+    # over ``steps``; -1 means the full horizon.
+    unroll: list[int] = field(default_factory=lambda: [10, 20, 40])
+    grad_clip: float = 1.0
+    gradient_mode: str = "full"  # full | checkpoint | truncate
+    gradient_every: int = 1
+    polish: str = "none"  # none | lbfgs  (on the full horizon, after the first-order phase)
+    polish_steps: int = 100
+    log_every: int = 10
+    val_every: int = 100
+    baselines: bool = True  # also fit the problem's comparators (e.g. the black-box model)
+
+    def __post_init__(self) -> None:
+        r = "recipe"
+        _one_of("recipe.optimizer", self.optimizer, ("adam", "adamw", "rmsprop"))
+        _one_of("recipe.lr_schedule", self.lr_schedule, ("constant", "cosine", "inverse_step"))
+        _one_of("recipe.gradient_mode", self.gradient_mode, ("full", "checkpoint", "truncate"))
+        _one_of("recipe.polish", self.polish, ("none", "lbfgs"))
+        _positive(r, lr=self.lr, steps=self.steps, batch_size=self.batch_size)
+        _positive(r, log_every=self.log_every, val_every=self.val_every)
+        _positive(r, gradient_every=self.gradient_every, lr_decay_every=self.lr_decay_every)
+        _non_negative(r, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        _non_negative(r, polish_steps=self.polish_steps, lr_min_factor=self.lr_min_factor)
+        if not self.unroll:
+            raise ConfigError("recipe.unroll must list at least one unroll length")
+        for u in self.unroll:
+            if u != -1 and u < 1:
+                raise ConfigError(f"recipe.unroll entries must be >= 1 (or -1 = full), got {u}")
+
+
+# ------------------------------------------------------------------------------ commands
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class GenerateConfig:
+    problem: Any = MISSING
+    data_dir: str = "data"
+    force: bool = False
+
+
+@dataclass
+class TrainConfig:
+    problem: Any = MISSING
+    solver: Any = MISSING
+    correction: Any = MISSING
+    recipe: Any = MISSING
+    coupling: str | None = None  # None: the problem's default
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    data_dir: str = "data"
+    evaluate: bool = True  # run `eval` on the finished run
+    progress: str = "auto"  # auto | rich | plain | none
+
+    def __post_init__(self) -> None:
+        _one_of("device", self.device, DEVICES)
+        _one_of("dtype", self.dtype, DTYPES)
+        _one_of("progress", self.progress, ("auto", "rich", "plain", "none"))
+
+
+@dataclass
+class EvalConfig:
+    run: str = MISSING
+    ckpt: str | None = None  # default: <run>/checkpoints/best.pt
+    device: str = "auto"
+    data_dir: str | None = None  # default: the run's own
+
+    def __post_init__(self) -> None:
+        _one_of("device", self.device, DEVICES)
+
+
+PROBLEM_SCHEMAS: dict[str, type] = {"lv": LVConfig}
+SOLVER_SCHEMAS: dict[str, type] = {"ode": ODESolverConfig}
+
+
+def register_schemas() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    for name, node in PROBLEM_SCHEMAS.items():
+        cs.store(group="schema/problem", name=name, node=node)
+    for name, node in SOLVER_SCHEMAS.items():
+        cs.store(group="schema/solver", name=name, node=node)
+    cs.store(group="schema/correction", name="base", node=CorrectionConfig)
+    cs.store(group="schema/recipe", name="base", node=RecipeConfig)
+
+
+def to_typed(cfg: DictConfig | dict) -> Any:
+    """The composed config as schema dataclasses (runs every ``__post_init__`` check)."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(cfg)
+    return OmegaConf.to_object(cfg)
+
+
+def typed_from_container(schema: type, container: dict) -> Any:
+    """Rebuild a typed config from a plain dict (e.g. a run's saved ``config_resolved.yaml``)."""
+    merged = OmegaConf.merge(OmegaConf.structured(schema), container)
+    return OmegaConf.to_object(merged)
+
+
+def typed_train_config(container: dict) -> TrainConfig:
+    """A TrainConfig from a plain dict (a run's ``config_resolved.yaml``), each group merged
+    into its own schema so that types and ranges are checked again."""
+    problem = container["problem"]
+    if problem.get("name") not in PROBLEM_SCHEMAS:
+        raise ConfigError(f"unknown problem {problem.get('name')!r} in saved config")
+    solver_kind = container["solver"].get("kind", "ode")
+    if solver_kind not in SOLVER_SCHEMAS:
+        raise ConfigError(f"unknown solver kind {solver_kind!r} in saved config")
+    top = {k: v for k, v in container.items() if k not in ("problem", "solver", "correction",
+                                                            "recipe")}
+    return TrainConfig(
+        problem=typed_from_container(PROBLEM_SCHEMAS[problem["name"]], problem),
+        solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"]),
+        correction=typed_from_container(CorrectionConfig, container["correction"]),
+        recipe=typed_from_container(RecipeConfig, container["recipe"]),
+        **top,
+    )
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is available; use device=auto or cpu")
+    return name

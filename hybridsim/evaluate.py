@@ -1,0 +1,121 @@
+"""Scoring saved checkpoints: rebuild the models from the run's own config, evaluate them, the
+solver alone and the baselines on the test split, write ``eval/metrics.json`` and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from hybridsim.config import TrainConfig, resolve_device, typed_train_config
+from hybridsim.data import data_path, read_split
+from hybridsim.problems.base import Problem, registered
+from hybridsim.train import load_checkpoint
+
+
+class EvalError(RuntimeError):
+    """A run directory or checkpoint that cannot be evaluated."""
+
+
+def load_run_config(run_dir: Path) -> TrainConfig:
+    path = run_dir / "config_resolved.yaml"
+    if not run_dir.is_dir():
+        raise EvalError(f"run directory {run_dir} does not exist")
+    if not path.exists():
+        raise EvalError(f"{run_dir} is not a hybridsim run directory (no config_resolved.yaml)")
+    return typed_train_config(yaml.safe_load(path.read_text()))
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_finite(obj), f, indent=2)
+    os.replace(tmp, path)
+
+
+def run_eval(
+    run_dir: str | Path,
+    ckpt: str | Path | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a run; returns the metrics dict (also written to ``<run>/eval/metrics.json``)."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    ckpt_path = Path(ckpt) if ckpt else run_dir / "checkpoints" / "best.pt"
+    if not ckpt_path.exists():
+        raise EvalError(f"checkpoint {ckpt_path} does not exist (did training finish?)")
+    dev = torch.device(resolve_device(device))
+    dtype = getattr(torch, cfg.dtype)
+    problem: Problem = registered()[cfg.problem.name](cfg.problem)
+    path = data_path(problem, data_dir or cfg.data_dir)
+    train, test = read_split(path, "train"), read_split(path, "test")
+    coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
+    models = problem.model_set(cfg.solver, cfg.correction, coupling, train, baselines=True,
+                               untrained=True)
+    untrained = set(problem.untrained_baselines())
+    loaded = {}
+    for name, model in models.items():
+        if name in untrained and name != "hybrid":
+            loaded[name] = model.to(device=dev, dtype=dtype).eval()
+            continue
+        file = ckpt_path if name == "hybrid" else run_dir / "checkpoints" / name / ckpt_path.name
+        if not file.exists():
+            continue  # a baseline that this run did not train
+        try:
+            state = load_checkpoint(file)["model"]
+            model.load_state_dict(state)
+        except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the user's error)
+            raise EvalError(f"checkpoint {file} cannot be loaded ({type(e).__name__}: {e})") from None
+        loaded[name] = model.to(device=dev, dtype=dtype).eval()
+    out_dir = run_dir / "eval"
+    result = problem.evaluate(loaded, test, train, out_dir / "plots")
+    result["checkpoint"] = str(ckpt_path)
+    result["data"] = str(path)
+    write_json_atomic(result, out_dir / "metrics.json")
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    """The ``table`` entry as a rich table (models as rows), plus any discovered equations."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table_data: dict[str, dict[str, float]] = result["table"]
+    metrics = list(dict.fromkeys(m for row in table_data.values() for m in row))
+    table = Table(title="hybridsim eval (test split)")
+    table.add_column("metric")
+    for name in table_data:
+        table.add_column(name, justify="right")
+    for m in metrics:
+        table.add_row(m, *(_fmt(row.get(m)) for row in table_data.values()))
+    console = Console(width=max(100, 16 * (len(table_data) + 2)))
+    console.print(table)
+    for eq in result.get("discovery", {}).get("equations", []):
+        console.print(f"discovered: {eq}")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.4f}"
+    return str(v)

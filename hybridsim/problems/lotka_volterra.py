@@ -1,0 +1,252 @@
+"""Lotka–Volterra universal differential equation (Rackauckas et al., arXiv:2001.04385, §2.1).
+
+Truth:   dx/dt = αx − βxy,          dy/dt = γxy − δy.
+UDE:     dx/dt = αx + NN₁(x, y),    dy/dt = NN₂(x, y) − θ₃y     (coupling ``rhs``; θ₃ learned)
+Physics: dx/dt = αx,                dy/dt = −θ₃y                (correction ``none``)
+Black box: du/dt = NN(x, y)                                     (coupling ``blackbox``)
+
+Networks see ``u / u_scale`` and return ``du_scale * out``: on the default orbit the missing term
+−βxy spans about [−60, 0], far outside a tanh network's natural range. State ``u = (x, y)`` has
+shape ``(batch, 2)``; trajectories ``(n_traj, n_t, 2)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
+from hybridsim.nn.mlp import GroupedMLP
+from hybridsim.numerics.ode import Dopri5, build_solver, odeint
+from hybridsim.numerics.sparse_regression import format_equation, polynomial_library, stlsq
+from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
+
+
+class LotkaVolterraModel(nn.Module):
+    """``du/dt = known(u) + correction(u)`` integrated by an ODE solver (``coupling='rhs'``),
+    or ``du/dt = correction(u)`` (``coupling='blackbox'``).
+
+    α is a fixed buffer; θ₃ is an ``nn.Parameter`` when learned, else a buffer.
+    """
+
+    def __init__(
+        self,
+        alpha: float,
+        theta3: float,
+        learn_theta3: bool,
+        correction: nn.Module | None,
+        coupling: str,
+        solver: Any,
+        substeps: int,
+        u_scale: torch.Tensor,
+        du_scale: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.coupling = coupling
+        self.solver, self.substeps = solver, substeps
+        self.correction = correction
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        if learn_theta3 and coupling == "rhs":
+            self.theta3 = nn.Parameter(torch.tensor(float(theta3)))
+        else:
+            self.register_buffer("theta3", torch.tensor(float(theta3)))
+        self.register_buffer("u_scale", u_scale.clone())
+        self.register_buffer("du_scale", du_scale.clone())
+
+    def known(self, u: torch.Tensor) -> torch.Tensor:
+        """The physics the UDE keeps: (αx, −θ₃y)."""
+        return torch.stack((self.alpha * u[:, 0], -self.theta3 * u[:, 1]), dim=1)
+
+    def network(self, u: torch.Tensor) -> torch.Tensor:
+        """The correction's contribution to du/dt (zero when there is no correction)."""
+        if self.correction is None:
+            return torch.zeros_like(u)
+        return self.du_scale * self.correction(u / self.u_scale)
+
+    def rhs(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        if self.coupling == "blackbox":
+            return self.network(u)
+        if self.correction is None:
+            return self.known(u)
+        return self.known(u) + self.network(u)
+
+    def forward(self, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Trajectory ``(n_t, batch, 2)`` from ``u0 (batch, 2)`` at times ``t (n_t,)``."""
+        return odeint(self.rhs, u0, t, self.solver, self.substeps)
+
+
+def lotka_volterra_rhs(cfg: LVConfig):
+    """The true right-hand side as a function ``f(t, u)``."""
+
+    def f(t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        x, y = u[:, 0], u[:, 1]
+        return torch.stack((cfg.alpha * x - cfg.beta * x * y, cfg.gamma * x * y - cfg.delta * y), 1)
+
+    return f
+
+
+def first_integral(cfg: LVConfig, u: torch.Tensor) -> torch.Tensor:
+    """V = γx − δ ln x + βy − α ln y, constant along exact solutions."""
+    x, y = u[..., 0], u[..., 1]
+    return cfg.gamma * x - cfg.delta * torch.log(x) + cfg.beta * y - cfg.alpha * torch.log(y)
+
+
+@register
+class LotkaVolterra(Problem):
+    name = "lv"
+    solvers = ("euler", "rk4", "dopri5")
+    corrections = ("none", "mlp")
+    couplings = ("rhs", "blackbox")
+    cfg: LVConfig
+
+    # ------------------------------------------------------------------ data
+    def data_config(self) -> dict[str, Any]:
+        model_only = {"theta3_init", "learn_theta3", "library_degree", "threshold"}
+        return {k: v for k, v in super().data_config().items() if k not in model_only}
+
+    def generate(self, split: str, seed: int) -> SplitData:
+        """Noisy observations ``u`` and the exact ``u_true`` (dopri5, float64, rtol 1e-10)."""
+        cfg = self.cfg
+        rng = np.random.default_rng(seed)
+        n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+        horizon = cfg.t_test if split == "test" else cfg.t_train
+        n_t = int(round(horizon / cfg.dt_obs)) + 1
+        t = np.arange(n_t) * cfg.dt_obs
+        if cfg.ic_box is None:
+            u0 = np.tile([cfg.x0, cfg.y0], (n, 1)).astype(np.float64)
+        else:
+            lo, hi = np.array(cfg.ic_box[0::2]), np.array(cfg.ic_box[1::2])
+            u0 = lo + (hi - lo) * rng.random((n, 2))
+        reference = Dopri5(rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            traj = odeint(
+                lotka_volterra_rhs(cfg), torch.from_numpy(u0), torch.from_numpy(t), reference
+            )
+        u_true = traj.permute(1, 0, 2).numpy()  # (n, n_t, 2)
+        scale = u_true.reshape(-1, 2).std(axis=0)
+        u = u_true + cfg.noise * scale * rng.standard_normal(u_true.shape)
+        return SplitData(
+            arrays={"u": u, "u_true": u_true, "u0": u0},
+            coords={"t": t},
+            attrs={"t_train": cfg.t_train, "noise_scale": scale},
+        )
+
+    # ----------------------------------------------------------------- model
+    def build_model(
+        self,
+        solver: ODESolverConfig,
+        correction: CorrectionConfig,
+        coupling: str,
+        train: SplitData,
+    ) -> LotkaVolterraModel:
+        if correction.kind == "none" and coupling == "blackbox":
+            raise ProblemError("coupling=blackbox needs a network; choose correction=mlp")
+        net = None
+        if correction.kind == "mlp":
+            # rhs: NN₁ and NN₂ as two independent 2→…→1 networks; blackbox: one 2→…→2 network.
+            groups, out = (2, 1) if coupling == "rhs" else (1, 2)
+            net = GroupedMLP(2, out, correction.width, groups, correction.activation,
+                             correction.init_scale)
+        u = torch.as_tensor(train.arrays["u"], dtype=torch.float64)
+        dt = float(train.coords["t"][1] - train.coords["t"][0])
+        u_scale = u.reshape(-1, 2).abs().amax(0)
+        du_scale = ((u[:, 1:] - u[:, :-1]) / dt).reshape(-1, 2).abs().amax(0)
+        return LotkaVolterraModel(
+            self.cfg.alpha, self.cfg.theta3_init, self.cfg.learn_theta3, net, coupling,
+            build_solver(solver.name, solver.rtol, solver.atol), solver.substeps,
+            u_scale.float(), du_scale.float(),
+        )
+
+    def baselines(self) -> dict[str, tuple[str, str]]:
+        return {"blackbox": ("mlp", "blackbox")}
+
+    def untrained_baselines(self) -> dict[str, tuple[str, str]]:
+        # The known physics alone (αx, −θ₃y at θ₃'s starting value): fitting θ₃ without the
+        # interaction terms is meaningless, and long windows of it blow up exponentially.
+        return {"physics": ("none", "rhs")}
+
+    # -------------------------------------------------------------- training
+    def _scale(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return data["u"].reshape(-1, 2).std(0)
+
+    def batch(
+        self, data: Mapping[str, torch.Tensor], batch_size: int, unroll: int, gen: torch.Generator
+    ) -> Batch:
+        """Random windows of ``unroll`` intervals, started from the observed state (multiple
+        shooting); ``unroll = -1`` or longer than the data: the full trajectories from ``u0``."""
+        u, t = data["u"], data["t"]
+        n_traj, n_t, _ = u.shape
+        if unroll < 0 or unroll >= n_t - 1:
+            return self.full_batch(data)
+        traj = torch.randint(n_traj, (batch_size,), generator=gen).to(u.device)
+        start = torch.randint(n_t - unroll, (batch_size,), generator=gen).to(u.device)
+        idx = start[:, None] + torch.arange(unroll + 1, device=u.device)  # (batch, unroll+1)
+        windows = u[traj[:, None], idx]  # (batch, unroll+1, 2)
+        return Batch(
+            inputs={"u0": windows[:, 0], "t": t[: unroll + 1] - t[0]},
+            targets={"u": windows.transpose(0, 1), "scale": self._scale(data)},
+        )
+
+    def full_batch(self, data: Mapping[str, torch.Tensor]) -> Batch:
+        targets = {"u": data["u"].transpose(0, 1), "scale": self._scale(data)}
+        if "u_true" in data:
+            targets["u_true"] = data["u_true"].transpose(0, 1)
+        return Batch(inputs={"u0": data["u0"], "t": data["t"]}, targets=targets)
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """Mean squared error relative to each variable's spread."""
+        pred = model(batch.inputs["u0"], batch.inputs["t"])
+        return (((pred - batch.targets["u"]) / batch.targets["scale"]) ** 2).mean()
+
+    def validate(self, model: nn.Module, data: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        batch = self.full_batch(data)
+        with torch.no_grad():
+            pred = model(batch.inputs["u0"], batch.inputs["t"])
+        scale = batch.targets["scale"]
+        out = {"loss": float((((pred - batch.targets["u"]) / scale) ** 2).mean())}
+        if "u_true" in batch.targets:
+            out["rel_mse_true"] = float((((pred - batch.targets["u_true"]) / scale) ** 2).mean())
+        return out
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        models: Mapping[str, nn.Module],
+        test: SplitData,
+        train: SplitData,
+        out_dir: Path,
+    ) -> dict[str, Any]:
+        from hybridsim.problems import lotka_volterra_eval
+
+        return lotka_volterra_eval.evaluate(self, models, test, train, out_dir)
+
+    def discover(self, model: LotkaVolterraModel, states: np.ndarray) -> dict[str, Any]:
+        """Sparse regression of the model's full right-hand side on ``states (n, 2)``."""
+        cfg = self.cfg
+        u = torch.as_tensor(states, dtype=model.u_scale.dtype, device=model.u_scale.device)
+        with torch.no_grad():
+            f = model.rhs(torch.zeros(()), u).double().cpu().numpy()
+        theta, terms = polynomial_library(states, cfg.library_degree, ("x", "y"))
+        xi = stlsq(theta, f, cfg.threshold)
+        coef = {lhs: dict(zip(terms, xi[:, j].tolist(), strict=True))
+                for j, lhs in enumerate(("dx/dt", "dy/dt"))}
+        equations = [format_equation(lhs, xi[:, j], terms) for j, lhs in enumerate(coef)]
+        found = {
+            "alpha": coef["dx/dt"]["x"],
+            "beta": -coef["dx/dt"]["x y"],
+            "gamma": coef["dy/dt"]["x y"],
+            "delta": -coef["dy/dt"]["y"],
+        }
+        truth = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma, "delta": cfg.delta}
+        rel = {k: abs(found[k] - truth[k]) / abs(truth[k]) if truth[k] else abs(found[k])
+               for k in found}
+        n_terms = int((xi != 0).sum())
+        return {"equations": equations, "coefficients": coef, "parameters": found,
+                "relative_error": rel, "n_terms": n_terms,
+                "structure_ok": n_terms == 4 and all(v < 0.5 for v in rel.values())}
+
