@@ -62,7 +62,14 @@ def _hydra_app(command: str):
 
     @hydra.main(version_base="1.3", config_path=config_path(), config_name=command)
     def app(cfg: DictConfig) -> Any:
-        return task(cfg)
+        try:
+            return task(cfg)
+        except Exception as e:  # noqa: BLE001
+            # Report here: past this point Hydra would print its own multi-line notice.
+            if os.environ.get("HYBRIDSIM_DEBUG"):
+                raise
+            print(f"hybridsim {command}: error: {_one_line(e)}", file=sys.stderr)
+            raise SystemExit(EXIT_ERROR) from None
 
     return app
 
@@ -92,10 +99,13 @@ def _train(cfg) -> str:
 
     from hybridsim.config import to_typed
     from hybridsim.evaluate import print_table, run_eval
+    from hybridsim.problems.base import registered
     from hybridsim.train import run_training
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     typed = to_typed(cfg)
+    problem = registered()[typed.problem.name](typed.problem)
+    problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
     run_dir = _output_dir()
     container = OmegaConf.to_container(cfg, resolve=True)
     _write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
@@ -109,9 +119,13 @@ def _train(cfg) -> str:
 
 
 def _eval(cfg) -> dict:
-    from hybridsim.config import to_typed
+    from omegaconf import OmegaConf
+
+    from hybridsim.config import ConfigError, to_typed
     from hybridsim.evaluate import print_table, run_eval
 
+    if OmegaConf.is_missing(cfg, "run"):
+        raise ConfigError("eval needs run=<run directory printed by hybridsim train>")
     typed = to_typed(cfg)
     result = run_eval(typed.run, typed.ckpt, typed.device, typed.data_dir)
     print_table(result)
@@ -131,6 +145,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 def _one_line(e: BaseException) -> str:
     """A readable single line from any exception (Hydra's are multi-line)."""
+    if isinstance(e, OSError) and e.filename:
+        return f"cannot use {e.filename}: {e.strerror or type(e).__name__}"
     text = str(e).strip() or type(e).__name__
     text = text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack "
                         "trace.", "")
@@ -148,7 +164,8 @@ def _one_line(e: BaseException) -> str:
                 i += 1
             joined.append(f"{header}: {', '.join(opts)}")
             continue
-        if lines[i].startswith(("full_key:", "object_type=", "Config search path")):
+        if lines[i].startswith(("full_key:", "object_type=", "Config search path", "provider=",
+                                "- provider=")):
             i += 1
             continue
         joined.append(lines[i])

@@ -182,6 +182,9 @@ DTYPES = ("float32", "float64")
 @dataclass
 class GenerateConfig:
     problem: Any = MISSING
+    solver: Any = None  # unused by generate (problem configs choose defaults for them)
+    correction: Any = None
+    recipe: Any = None
     data_dir: str = "data"
     force: bool = False
 

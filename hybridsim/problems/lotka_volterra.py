@@ -162,6 +162,12 @@ class LotkaVolterra(Problem):
             u_scale.float(), du_scale.float(),
         )
 
+    def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
+        coupling = super().check_choices(solver, correction, coupling)
+        if correction == "none" and coupling == "blackbox":
+            raise ProblemError("coupling=blackbox needs a network; choose correction=mlp")
+        return coupling
+
     def baselines(self) -> dict[str, tuple[str, str]]:
         return {"blackbox": ("mlp", "blackbox")}
 
