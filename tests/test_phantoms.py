@@ -21,8 +21,10 @@ def test_shepp_logan_values():
     assert abs(float(x.min())) < 1e-6 and abs(float(x.max()) - 1.0) < 1e-6
     values = {round(float(v), 4) for v in x.unique()}
     assert values <= {0.0, 0.1, 0.2, 0.3, 0.4, 1.0}, values
-    assert float(x[0, 10, 64]) == 1.0  # skull at the top, row 0 is y = +1
-    assert float(x[0, 64, 64]) == 0.2  # brain
+    assert abs(float(x[0, 6, 64]) - 1.0) < 1e-6  # skull at the top: row 0 is y = +1
+    assert abs(float(x[0, 64, 64]) - 0.2) < 1e-6  # brain
+    # the three small ellipses sit at y = -0.605, the bottom of an upright image
+    assert abs(float(x[0, 102, 64]) - 0.3) < 1e-6 and abs(float(x[0, 25, 64]) - 0.2) < 1e-6
 
 
 def test_random_phantoms_deterministic_by_seed():

@@ -15,8 +15,9 @@ GEOMETRIES = {
     "square-default": dict(shape=16, angles=7),
     "rect-custom": dict(shape=(9, 14), angles=np.linspace(0, math.pi, 11, endpoint=False)),
     # angles 0 and pi/2 with integer bin centres: rays run along pixel edges
-    "grid-aligned": dict(shape=10, angles=np.array([0.0, math.pi / 2, math.pi / 4]), n_det=15,
-                         det_spacing=1.0),
+    "grid-aligned": dict(
+        shape=10, angles=np.array([0.0, math.pi / 2, math.pi / 4]), n_det=15, det_spacing=1.0
+    ),
     "fine-pixels": dict(shape=12, angles=5, pixel_size=0.5, n_det=11, det_spacing=0.7),
     "bin-integrating": dict(shape=11, angles=6, rays_per_bin=3),
     "normalized": dict(shape=13, angles=8, normalize=True),
@@ -93,8 +94,9 @@ def test_disk_projection_matches_chord_length(rays_per_bin):
     # compare away from it, on a finely supersampled disk.
     n, r = 64, 0.6 * 32
     op = RayTransform(n, angles=12, rays_per_bin=rays_per_bin)
-    disk = render_ellipses(torch.tensor([[1.0, 0.6, 0.6, 0.0, 0.0, 0.0]]), n, supersample=8,
-                           dtype=torch.float64)
+    disk = render_ellipses(
+        torch.tensor([[1.0, 0.6, 0.6, 0.0, 0.0, 0.0]]), n, supersample=8, dtype=torch.float64
+    )
     s = torch.as_tensor(op.ray_positions)
     chord = (2 * torch.sqrt((r * r - s * s).clamp_min(0))).mean(-1)
     inner = torch.as_tensor(op.det_pos).abs() < 0.9 * r

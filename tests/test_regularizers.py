@@ -44,7 +44,9 @@ def test_tv_approaches_tv_and_is_zero_on_constants():
 def test_laplacian_stencil_and_boundary():
     a = _image(2)
     lap = laplacian(a)
-    interior = a[:, :-2, 1:-1] + a[:, 2:, 1:-1] + a[:, 1:-1, :-2] + a[:, 1:-1, 2:] - 4 * a[:, 1:-1, 1:-1]
+    interior = (
+        a[:, :-2, 1:-1] + a[:, 2:, 1:-1] + a[:, 1:-1, :-2] + a[:, 1:-1, 2:] - 4 * a[:, 1:-1, 1:-1]
+    )
     assert torch.allclose(lap[:, 1:-1, 1:-1], interior)
     # Neumann boundary: the Laplacian integrates to zero and is the Dirichlet energy's gradient
     assert float(lap.sum(dim=(-2, -1)).abs().max()) < 1e-12
