@@ -97,7 +97,9 @@ def rollout(
         if gradient.kind == "truncate":
             if done > 0:
                 state = _detach(state)
-            out = _chunk(step, n, save_every, done)(*(state if isinstance(state, tuple) else (state,)))
+            out = _chunk(step, n, save_every, done)(
+                *(state if isinstance(state, tuple) else (state,))
+            )
         else:
             flat = state if isinstance(state, tuple) else (state,)
             out = checkpoint(_chunk(step, n, save_every, done), *flat, use_reentrant=False)
