@@ -149,6 +149,7 @@ def fit(
     """
     ckpt_dir = run_dir / "checkpoints" if name == "hybrid" else run_dir / "checkpoints" / name
     last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     if not params:  # nothing to learn (e.g. the solver alone with fixed physics)
@@ -161,6 +162,7 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     step, best, phase = 0, float("inf"), "adam"
     polish_opt: torch.optim.LBFGS | None = None
+    polish_prev: float | None = None
     if last.exists():
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
@@ -174,6 +176,7 @@ def fit(
         if phase == "lbfgs":
             polish_opt = _lbfgs(params)
             polish_opt.load_state_dict(ck["polish_optimizer"])
+            polish_prev = ck.get("polish_prev")
     log = MetricsLog(run_dir / "metrics.jsonl", name, step if last.exists() else None)
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
     bar = Progress(progress, total, name)
@@ -183,6 +186,7 @@ def fit(
         metrics = problem.validate(model, val_data)
         log.write(step, phase, {f"val/{k}": v for k, v in metrics.items()})
         ck = _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt)
+        ck["polish_prev"] = polish_prev
         if math.isfinite(metrics["loss"]) and metrics["loss"] < best:
             best = metrics["loss"]
             ck["best"] = best
@@ -228,6 +232,10 @@ def fit(
                 loss = polish_opt.step(closure)
                 _check_finite(loss, step, name, last)
                 value = float(loss.detach())
+                # The loss at the start of this iteration equals the previous one's: the line
+                # search found no decrease (converged to float precision); stop polishing.
+                stalled = polish_prev is not None and value >= polish_prev
+                polish_prev = value
                 step += 1
                 logged = step % recipe.log_every == 0
                 if logged:
@@ -235,6 +243,9 @@ def fit(
                 bar.update(step, f"L-BFGS loss {value:.3e}", logged)
                 if step % recipe.val_every == 0 or step == total:
                     checkpoint()
+                if stalled:  # the line search found no decrease: converged to float precision
+                    log.write(step, phase, {"polish/converged": 1.0})
+                    break
         checkpoint(done=True)
     finally:
         bar.close()
@@ -242,7 +253,10 @@ def fit(
 
 
 def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
-    return torch.optim.LBFGS(params, lr=1.0, max_iter=1, history_size=50,
+    # One iteration per outer step (so progress, checkpoints and resume work per iteration);
+    # max_eval must be set explicitly: its default (max_iter * 5 // 4 = 1) leaves the line
+    # search no evaluation, and L-BFGS then never moves.
+    return torch.optim.LBFGS(params, lr=1.0, max_iter=1, max_eval=25, history_size=50,
                              line_search_fn="strong_wolfe")
 
 
@@ -250,7 +264,8 @@ def _check_finite(loss: torch.Tensor, step: int, name: str, last: Path) -> None:
     if not torch.isfinite(loss.detach()):
         kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
         raise TrainingDiverged(
-            f"training of {name} stopped: non-finite loss ({float(loss)}) at step {step}; {kept}. "
+            f"training of {name} stopped: non-finite loss ({float(loss.detach())}) at step {step}; "
+            f"{kept}. "
             "Try a smaller recipe.lr, a shorter recipe.unroll or correction.init_scale."
         )
 
