@@ -225,8 +225,11 @@ def fit(
                 def closure() -> torch.Tensor:
                     polish_opt.zero_grad(set_to_none=True)
                     value = problem.loss(model, full)
-                    if torch.isfinite(value):
-                        value.backward()
+                    if not torch.isfinite(value.detach()):
+                        # A trial point of the line search where the rollout blew up: +inf (not
+                        # NaN, which compares false) makes the search back off from it.
+                        return torch.full_like(value.detach(), float("inf"))
+                    value.backward()
                     return value
 
                 loss = polish_opt.step(closure)

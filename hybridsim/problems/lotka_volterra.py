@@ -77,7 +77,18 @@ class LotkaVolterraModel(nn.Module):
 
     def forward(self, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Trajectory ``(n_t, batch, 2)`` from ``u0 (batch, 2)`` at times ``t (n_t,)``."""
-        return odeint(self.rhs, u0, t, self.solver, self.substeps)
+        return odeint(self.fused_rhs(), u0, t, self.solver, self.substeps)
+
+    def fused_rhs(self):
+        """Same function as :meth:`rhs`, with constants folded once per trajectory: the linear
+        physics as one multiply, the scales inside the network's weights."""
+        coef = torch.stack((self.alpha, -self.theta3))
+        if self.correction is None:
+            return lambda t, u: u * coef
+        net = self.correction.scaled(self.u_scale, self.du_scale)
+        if self.coupling == "blackbox":
+            return lambda t, u: net(u)
+        return lambda t, u: torch.addcmul(net(u), u, coef)
 
 
 def lotka_volterra_rhs(cfg: LVConfig):
