@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import gc
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -163,7 +162,9 @@ def peak_memory_child(n_unroll: int, every: int, kernel: int) -> None:
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back so RSS is a fair baseline
     before = _rss_bytes()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM belongs to this address space; ru_maxrss would inherit the parent's across exec
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
     print(peak - before)
 
 

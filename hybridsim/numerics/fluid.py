@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from hybridsim.numerics.grid import MACGrid, Velocity, sample_indices
+from hybridsim.numerics.grid import MACGrid, Velocity, cell_centered, sample_indices
 from hybridsim.numerics.pressure import PressureSolve, project
 
 ADVECTION_SCHEMES = ("semi_lagrangian", "maccormack", "none")
@@ -304,8 +304,6 @@ def vorticity(grid: MACGrid, velocity: Velocity) -> torch.Tensor:
 
     Central differences of the cell-centred velocity (one-sided at bounded edges).
     """
-    from hybridsim.numerics.grid import cell_centered
-
     uc = cell_centered(grid, velocity)
 
     def d(comp: int, axis: int) -> torch.Tensor:
