@@ -152,6 +152,9 @@ class RecipeConfig:
     gradient_every: int = 1
     polish: str = "none"  # none | lbfgs  (on the full horizon, after the first-order phase)
     polish_steps: int = 100
+    # Polish stages, evenly spread over polish_steps: unroll lengths of all-window batches
+    # (multiple shooting); -1 = the full trajectories.
+    polish_unroll: list[int] = field(default_factory=lambda: [-1])
     log_every: int = 10
     val_every: int = 100
     baselines: bool = True  # also fit the problem's comparators (e.g. the black-box model)
@@ -167,11 +170,13 @@ class RecipeConfig:
         _positive(r, gradient_every=self.gradient_every, lr_decay_every=self.lr_decay_every)
         _non_negative(r, weight_decay=self.weight_decay, grad_clip=self.grad_clip)
         _non_negative(r, polish_steps=self.polish_steps, lr_min_factor=self.lr_min_factor)
-        if not self.unroll:
-            raise ConfigError("recipe.unroll must list at least one unroll length")
-        for u in self.unroll:
-            if u != -1 and u < 1:
-                raise ConfigError(f"recipe.unroll entries must be >= 1 (or -1 = full), got {u}")
+        for key in ("unroll", "polish_unroll"):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"recipe.{key} must list at least one unroll length")
+            for u in values:
+                if u != -1 and u < 1:
+                    raise ConfigError(f"recipe.{key} entries must be >= 1 (or -1 = full), got {u}")
 
 
 # ------------------------------------------------------------------------------ commands

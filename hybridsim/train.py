@@ -163,6 +163,8 @@ def fit(
     step, best, phase = 0, float("inf"), "adam"
     polish_opt: torch.optim.LBFGS | None = None
     polish_prev: float | None = None
+    polish_stage: int | None = None
+    polish_batch = None
     if last.exists():
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
@@ -176,7 +178,7 @@ def fit(
         if phase == "lbfgs":
             polish_opt = _lbfgs(params)
             polish_opt.load_state_dict(ck["polish_optimizer"])
-            polish_prev = ck.get("polish_prev")
+            polish_prev, polish_stage = ck.get("polish_prev"), ck.get("polish_stage")
     log = MetricsLog(run_dir / "metrics.jsonl", name, step if last.exists() else None)
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
     bar = Progress(progress, total, name)
@@ -186,7 +188,7 @@ def fit(
         metrics = problem.validate(model, val_data)
         log.write(step, phase, {f"val/{k}": v for k, v in metrics.items()})
         ck = _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt)
-        ck["polish_prev"] = polish_prev
+        ck["polish_prev"], ck["polish_stage"] = polish_prev, polish_stage
         if math.isfinite(metrics["loss"]) and metrics["loss"] < best:
             best = metrics["loss"]
             ck["best"] = best
@@ -215,16 +217,23 @@ def fit(
             if step % recipe.val_every == 0 or step == recipe.steps:
                 checkpoint()
         if recipe.polish == "lbfgs" and recipe.polish_steps > 0:
-            if phase == "adam":
-                phase, polish_opt = "lbfgs", _lbfgs(params)
-            full = problem.full_batch(train_data)
-            assert polish_opt is not None
+            phase = "lbfgs"
+            stages = recipe.polish_unroll
             while step < total:
+                # Stages of the polish (e.g. all windows of 20 intervals, then the full
+                # trajectories), each with a fresh L-BFGS memory.
+                stage = min((step - recipe.steps) * len(stages) // recipe.polish_steps,
+                            len(stages) - 1)
+                if polish_opt is None or stage != polish_stage:
+                    polish_opt, polish_stage, polish_prev = _lbfgs(params), stage, None
+                    polish_batch = problem.polish_batch(train_data, stages[stage])
+                elif polish_batch is None:
+                    polish_batch = problem.polish_batch(train_data, stages[stage])
                 model.train()
 
                 def closure() -> torch.Tensor:
                     polish_opt.zero_grad(set_to_none=True)
-                    value = problem.loss(model, full)
+                    value = problem.loss(model, polish_batch)
                     if not torch.isfinite(value.detach()):
                         # A trial point of the line search where the rollout blew up: +inf (not
                         # NaN, which compares false) makes the search back off from it.
@@ -235,20 +244,21 @@ def fit(
                 loss = polish_opt.step(closure)
                 _check_finite(loss, step, name, last)
                 value = float(loss.detach())
-                # The loss at the start of this iteration equals the previous one's: the line
-                # search found no decrease (converged to float precision); stop polishing.
+                # No decrease since the previous iteration: the line search found none, the
+                # stage has converged to float precision; go on to the next stage.
                 stalled = polish_prev is not None and value >= polish_prev
                 polish_prev = value
                 step += 1
+                if stalled:
+                    log.write(step, phase, {"polish/stage_converged": stage})
+                    step = max(step, recipe.steps + -(-(stage + 1) * recipe.polish_steps
+                                                      // len(stages)))
                 logged = step % recipe.log_every == 0
                 if logged:
-                    log.write(step, phase, {"train/loss": value})
-                bar.update(step, f"L-BFGS loss {value:.3e}", logged)
-                if step % recipe.val_every == 0 or step == total:
+                    log.write(step, phase, {"train/loss": value, "unroll": stages[stage]})
+                bar.update(step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
+                if step % recipe.val_every == 0 or step >= total or stalled:
                     checkpoint()
-                if stalled:  # the line search found no decrease: converged to float precision
-                    log.write(step, phase, {"polish/converged": 1.0})
-                    break
         checkpoint(done=True)
     finally:
         bar.close()

@@ -160,6 +160,13 @@ class Problem(abc.ABC):
         """The whole split as one batch over its full horizon (used by L-BFGS and validation)."""
         raise NotImplementedError(f"problem {self.name} has no full-horizon batch")
 
+    def polish_batch(self, data: Mapping[str, torch.Tensor], unroll: int) -> Batch:
+        """A deterministic batch for L-BFGS: every window of ``unroll`` steps (multiple
+        shooting), or the full horizon for ``unroll = -1``."""
+        if unroll == -1:
+            return self.full_batch(data)
+        raise NotImplementedError(f"problem {self.name} has no windowed polish batch")
+
     def validate(self, model: nn.Module, data: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Validation metrics; must contain ``loss`` (used to keep ``best.pt``)."""
         with torch.no_grad():

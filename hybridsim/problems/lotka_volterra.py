@@ -209,6 +209,18 @@ class LotkaVolterra(Problem):
             targets={"u": windows.transpose(0, 1), "scale": self._scale(data)},
         )
 
+    def polish_batch(self, data: Mapping[str, torch.Tensor], unroll: int) -> Batch:
+        u, t = data["u"], data["t"]
+        if unroll < 0 or unroll >= u.shape[1] - 1:
+            return self.full_batch(data)
+        idx = torch.arange(u.shape[1] - unroll, device=u.device)[:, None] + torch.arange(
+            unroll + 1, device=u.device)
+        windows = u[:, idx].reshape(-1, unroll + 1, 2)  # every window of every trajectory
+        return Batch(
+            inputs={"u0": windows[:, 0], "t": t[: unroll + 1] - t[0]},
+            targets={"u": windows.transpose(0, 1), "scale": self._scale(data)},
+        )
+
     def full_batch(self, data: Mapping[str, torch.Tensor]) -> Batch:
         targets = {"u": data["u"].transpose(0, 1), "scale": self._scale(data)}
         if "u_true" in data:
