@@ -66,6 +66,7 @@ class LVConfig:
     # Model: θ₃ (the predator death rate seen by the UDE) is learned from this starting value.
     theta3_init: float = 0.5
     learn_theta3: bool = True
+    val_window: int = 20  # validation loss: every window of this many intervals
     # Equation discovery on the learned terms.
     library_degree: int = 3
     threshold: float = 0.05
@@ -75,6 +76,7 @@ class LVConfig:
         _positive(p, t_train=self.t_train, t_test=self.t_test, dt_obs=self.dt_obs)
         _positive(p, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         _positive(p, x0=self.x0, y0=self.y0, library_degree=self.library_degree)
+        _positive(p, val_window=self.val_window)
         _non_negative(p, noise=self.noise, threshold=self.threshold, theta3_init=self.theta3_init)
         _non_negative(p, alpha=self.alpha, beta=self.beta, gamma=self.gamma, delta=self.delta)
         if self.t_test < self.t_train:
