@@ -94,6 +94,73 @@ class LVConfig:
                 )
 
 
+@dataclass
+class CTConfig:
+    """X-ray CT, learned gradient descent (Adler & Öktem 2017): ``size``² images of random
+    ellipses, parallel beam, ``n_angles`` in [0, π), operator normalised to norm 1.
+
+    Forward models: ``linear`` (b = F a + noise·mean|F a|·N(0,1)) or ``beer_lambert``
+    (b ~ Poisson(i0·exp(−mu·F a)), F normalised). Evaluation data (val/test) are simulated on a
+    ``upsample_eval``-times finer grid (no inverse crime); training data on ``upsample_train``.
+    """
+
+    name: str = "ct"
+    size: int = 64
+    n_angles: int = 30
+    n_det: int | None = None  # None: 2 ceil(size/√2) + 1 bins spanning the image diagonal
+    det_spacing: float | None = None  # None: the default spacing (about one pixel)
+    forward_model: str = "linear"  # linear | beer_lambert
+    noise: float = 0.05
+    i0: float = 1.0e4
+    mu: float = 1.0
+    n_ellipses: float = 100.0  # Poisson mean of ellipses per random phantom
+    n_train: int = 400
+    n_val: int = 16
+    n_test: int = 32
+    upsample_train: int = 1
+    upsample_eval: int = 2
+    seed_train: int = 1
+    seed_val: int = 2
+    seed_test: int = 3
+    # Model (not part of the data): learned gradient descent.
+    memory: int = 5
+    share_weights: bool = True
+    lambda_init: float = 1.0e-3  # starting λ of the λ-learning coupling when solver.lam = 0
+    lambda_per_iteration: bool = False
+    # Classical TV baseline at evaluation (FISTA, Huber TV, nonnegative, from FBP).
+    tv_lam: float = 3.0e-4
+    tv_eps: float = 1.0e-2
+    tv_iters: int = 300
+
+    def __post_init__(self) -> None:
+        import math
+
+        p = "problem"
+        _one_of("problem.forward_model", self.forward_model, ("linear", "beer_lambert"))
+        _positive(p, size=self.size, n_angles=self.n_angles, i0=self.i0, mu=self.mu)
+        _positive(p, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
+        _positive(p, upsample_train=self.upsample_train, upsample_eval=self.upsample_eval)
+        _positive(p, tv_eps=self.tv_eps, tv_iters=self.tv_iters, lambda_init=self.lambda_init)
+        _non_negative(p, noise=self.noise, n_ellipses=self.n_ellipses, memory=self.memory)
+        _non_negative(p, tv_lam=self.tv_lam)
+        if self.size < 8:
+            raise ConfigError(f"problem.size must be >= 8 pixels, got {self.size}")
+        if self.n_det is not None:
+            _positive(p, n_det=self.n_det)
+        if self.det_spacing is not None:
+            _positive(p, det_spacing=self.det_spacing)
+        diagonal = self.size * math.sqrt(2)
+        default_n = 2 * math.ceil(diagonal / 2) + 1
+        n_det = self.n_det or default_n
+        spacing = self.det_spacing or diagonal / default_n
+        if n_det * spacing < diagonal * (1 - 1e-9):
+            raise ConfigError(
+                f"the detector is too small for the image: n_det·det_spacing = "
+                f"{n_det * spacing:.4g} < image diagonal {diagonal:.4g} pixels; use "
+                f"problem.n_det >= {math.ceil(diagonal / spacing)} (or null for the default)"
+            )
+
+
 # ------------------------------------------------------------------------------ solvers
 @dataclass
 class ODESolverConfig:
@@ -107,6 +174,36 @@ class ODESolverConfig:
 
     def __post_init__(self) -> None:
         _positive("solver", substeps=self.substeps, rtol=self.rtol, atol=self.atol)
+
+
+@dataclass
+class CTSolverConfig:
+    """A classical CT reconstruction: ``fbp`` (filtered back-projection), or ``gd`` / ``agd``
+    (gradient descent / Nesterov-accelerated descent on D(a) + λR(a), ``n_iter`` steps from
+    ``init``); one descent step is one solver step of the hybrid."""
+
+    name: str = MISSING
+    kind: str = "ct"
+    filter: str = "hann"  # ramp | shepp-logan | cosine | hann  (FBP, also the initial guess)
+    cutoff: float = 1.0  # fraction of the Nyquist frequency
+    init: str = "fbp"  # fbp | zero
+    regularizer: str = "dirichlet"  # dirichlet | tv | none
+    lam: float = 0.0
+    huber_eps: float = 1.0e-2
+    step_size: float | None = None  # None: 1 / (L_D + λ L_R) from the operator norm
+    n_iter: int = 10
+    nonnegative: bool = False
+
+    def __post_init__(self) -> None:
+        _one_of("solver.filter", self.filter, ("ramp", "shepp-logan", "cosine", "hann"))
+        _one_of("solver.init", self.init, ("fbp", "zero"))
+        _one_of("solver.regularizer", self.regularizer, ("dirichlet", "tv", "none"))
+        _positive("solver", huber_eps=self.huber_eps)
+        _non_negative("solver", lam=self.lam, n_iter=self.n_iter)
+        if not 0 < self.cutoff <= 1:
+            raise ConfigError(f"solver.cutoff must be in (0, 1], got {self.cutoff}")
+        if self.step_size is not None:
+            _positive("solver", step_size=self.step_size)
 
 
 # -------------------------------------------------------------------------- corrections
@@ -227,8 +324,8 @@ class EvalConfig:
         _one_of("device", self.device, DEVICES)
 
 
-PROBLEM_SCHEMAS: dict[str, type] = {"lv": LVConfig}
-SOLVER_SCHEMAS: dict[str, type] = {"ode": ODESolverConfig}
+PROBLEM_SCHEMAS: dict[str, type] = {"lv": LVConfig, "ct": CTConfig}
+SOLVER_SCHEMAS: dict[str, type] = {"ode": ODESolverConfig, "ct": CTSolverConfig}
 
 
 def register_schemas() -> None:

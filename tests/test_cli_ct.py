@@ -1,0 +1,103 @@
+"""problem=ct through the command line: generate → train a few steps → eval on a tiny grid, and
+every bad CT input giving one line on stderr and a non-zero exit (in-process)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import hybridsim
+from hybridsim.cli import main
+
+# The subprocess runs the checkout under test, not whichever hybridsim is installed.
+SOURCE = str(Path(hybridsim.__file__).resolve().parents[1])
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(p for p in (SOURCE, os.environ.get("PYTHONPATH")) if p),
+}
+
+TINY = [
+    "problem=ct",
+    "problem.size=24",
+    "problem.n_angles=12",
+    "problem.n_train=8",
+    "problem.n_val=2",
+    "problem.n_test=2",
+    "problem.n_ellipses=20",
+    "problem.tv_iters=10",
+    "solver.n_iter=3",
+    "correction.width=[8,8]",
+]
+TRAIN = [
+    "recipe.steps=3",
+    "recipe.batch_size=2",
+    "recipe.val_every=2",
+    "recipe.log_every=1",
+    "progress=plain",
+]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridsim", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert proc.returncode == 0, f"hybridsim {' '.join(args)} failed:\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_generate_train_eval(tmp_path, monkeypatch, capsys):
+    """generate and eval in-process (each extra interpreter costs seconds of imports), train
+    through ``python -m hybridsim`` as a user runs it."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", *TINY]) == 0
+    path = tmp_path / capsys.readouterr().out.split()[0]
+    assert path.name.startswith("ct-") and path.exists()
+    train = run("train", *TINY, *TRAIN, "evaluate=false", cwd=tmp_path)
+    assert "(cached)" in train.stdout, "train must reuse the generated data"
+    run_dir = tmp_path / train.stdout.strip().splitlines()[-1]
+    for f in ("checkpoints/best.pt", "checkpoints/learned_lambda/best.pt", "metrics.jsonl"):
+        assert (run_dir / f).exists(), f"missing {f}"
+    assert main(["eval", f"run={run_dir}"]) == 0
+    assert "psnr_shepp_logan" in capsys.readouterr().out
+    result = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert {"fbp", "tv", "solver", "hybrid", "learned_lambda"} <= set(result["table"])
+    assert all(row["psnr_heldout"] is not None for row in result["table"].values())
+    for case in ("heldout", "shepp_logan"):
+        assert (run_dir / "eval" / "plots" / f"ct_{case}.png").exists()
+
+
+BAD = [
+    (["train", "problem=ct", "problem.n_angles=0"], "problem.n_angles"),
+    (["train", "problem=ct", "problem.n_det=10"], "detector is too small"),
+    (["train", "problem=ct", "problem.noise=-0.05"], "problem.noise"),
+    (["train", "problem=ct", "problem.forward_model=magic"], "problem.forward_model"),
+    (["train", "problem=ct", "solver=rk4"], "solver=rk4 does not apply to problem=ct"),
+    (["train", "problem=lv", "solver=gd"], "solver=gd does not apply to problem=lv"),
+    (["train", "problem=ct", "correction=mlp"], "correction=mlp does not apply"),
+    (["train", "problem=ct", "solver=fbp"], "solver=fbp has no iterations"),
+    (["train", "problem=ct", "solver.lam=-1"], "solver.lam"),
+    (["train", "problem=ct", "solver.cutoff=0"], "solver.cutoff"),
+    (["train", "problem=ct", "solver.filter=box"], "solver.filter"),
+    (["train", "problem=ct", "coupling=rhs"], "coupling=rhs does not apply"),
+    (["generate", "problem=ct", "problem.size=0"], "problem.size"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])
+def test_bad_ct_input_one_line(argv, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, f"hydra.run.dir={tmp_path}/run"] if argv[0] == "train" else argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err and needle in err, err
+    assert not (tmp_path / "data").exists(), "bad input must be rejected before any work"
