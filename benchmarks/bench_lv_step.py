@@ -72,16 +72,25 @@ def main() -> int:
         loss.backward()
 
     with torch.no_grad():  # same networks, same step count: the two must agree
-        diff = float((model(u0, t) - torchdiffeq.odeint(model.rhs, u0, t, method="rk4")).abs().max())
-    cases = (("hybridsim rk4", ours), ("torchdiffeq rk4", peer),
-             ("torchdiffeq rk4, our fused rhs", peer_fused))
+        diff = float(
+            (model(u0, t) - torchdiffeq.odeint(model.rhs, u0, t, method="rk4")).abs().max()
+        )
+    cases = (
+        ("hybridsim rk4", ours),
+        ("torchdiffeq rk4", peer),
+        ("torchdiffeq rk4, our fused rhs", peer_fused),
+    )
     # Two interleaved rounds, best median of each: drift in machine load affects all alike.
     rounds = [[median_ms(fn, args.repeats) for _, fn in cases] for _ in range(2)]
     best = [min(r[i] for r in rounds) for i in range(len(cases))]
-    print(f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "
-          f"1 thread, torch {torch.__version__}")
-    print(f"  max |difference| of the two trajectories: {diff:.2e} "
-          "(torchdiffeq's rk4 is the 3/8 rule)")
+    print(
+        f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "
+        f"1 thread, torch {torch.__version__}"
+    )
+    print(
+        f"  max |difference| of the two trajectories: {diff:.2e} "
+        "(torchdiffeq's rk4 is the 3/8 rule)"
+    )
     for (name, _), ms in zip(cases, best, strict=True):
         print(f"  {name:<32}{ms:9.2f} ms   ratio to hybridsim {ms / best[0]:.2f}x")
     return 0

@@ -1,6 +1,6 @@
 """Run every benchmark, one after another, each in its own process with one thread.
 
-    python benchmarks/run_all.py          (needs: pip install -e ".[bench]")
+python benchmarks/run_all.py          (needs: pip install -e ".[bench]")
 """
 
 import os

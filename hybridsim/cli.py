@@ -148,8 +148,9 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename:
         return f"cannot use {e.filename}: {e.strerror or type(e).__name__}"
     text = str(e).strip() or type(e).__name__
-    text = text.replace("Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack "
-                        "trace.", "")
+    text = text.replace(
+        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", ""
+    )
     cause = e.__cause__
     if cause is not None and str(cause).strip() and str(cause).strip() not in text:
         text += f": {str(cause).strip()}"
@@ -164,8 +165,9 @@ def _one_line(e: BaseException) -> str:
                 i += 1
             joined.append(f"{header}: {', '.join(opts)}")
             continue
-        if lines[i].startswith(("full_key:", "object_type=", "Config search path", "provider=",
-                                "- provider=")):
+        if lines[i].startswith(
+            ("full_key:", "object_type=", "Config search path", "provider=", "- provider=")
+        ):
             i += 1
             continue
         joined.append(lines[i])
@@ -213,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             os.environ["COMP_LINE"] = completion.replace(f" {cmd}", "", 1)
             argv = [cmd, *argv]
         else:
-            print(f"hybridsim: error: unknown command {argv[0]!r}; choose one of: "
-                  f"{', '.join(COMMANDS)} (see hybridsim --help)", file=sys.stderr)
+            print(
+                f"hybridsim: error: unknown command {argv[0]!r}; choose one of: "
+                f"{', '.join(COMMANDS)} (see hybridsim --help)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
     command, rest = argv[0], argv[1:]
     # We print errors ourselves, as one line; Hydra then re-raises instead of printing.

@@ -104,8 +104,10 @@ def _open(path: Path) -> h5py.File:
         raise DataError(f"data file {path} is incomplete (interrupted write?); delete it")
     if int(f.attrs.get("schema_version", -1)) != SCHEMA_VERSION:
         f.close()
-        raise DataError(f"data file {path} has schema {f.attrs.get('schema_version')}, "
-                        f"expected {SCHEMA_VERSION}; regenerate it")
+        raise DataError(
+            f"data file {path} has schema {f.attrs.get('schema_version')}, "
+            f"expected {SCHEMA_VERSION}; regenerate it"
+        )
     return f
 
 
@@ -136,7 +138,9 @@ def check_file(path: Path, problem: Problem) -> bool:
         return False
 
 
-def ensure_dataset(problem: Problem, data_dir: str | Path, force: bool = False) -> tuple[Path, bool]:
+def ensure_dataset(
+    problem: Problem, data_dir: str | Path, force: bool = False
+) -> tuple[Path, bool]:
     """The data file for ``problem``, generated if missing; returns (path, generated_now).
 
     An existing file whose name matches but whose content is unreadable raises DataError

@@ -69,8 +69,9 @@ def run_eval(
     path = data_path(problem, data_dir or cfg.data_dir)
     train, test = read_split(path, "train"), read_split(path, "test")
     coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
-    models = problem.model_set(cfg.solver, cfg.correction, coupling, train, baselines=True,
-                               untrained=True)
+    models = problem.model_set(
+        cfg.solver, cfg.correction, coupling, train, baselines=True, untrained=True
+    )
     untrained = set(problem.untrained_baselines())
     loaded = {}
     for name, model in models.items():
@@ -84,7 +85,9 @@ def run_eval(
             state = load_checkpoint(file)["model"]
             model.load_state_dict(state)
         except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the user's error)
-            raise EvalError(f"checkpoint {file} cannot be loaded ({type(e).__name__}: {e})") from None
+            raise EvalError(
+                f"checkpoint {file} cannot be loaded ({type(e).__name__}: {e})"
+            ) from None
         loaded[name] = model.to(device=dev, dtype=dtype).eval()
     out_dir = run_dir / "eval"
     result = problem.evaluate(loaded, test, train, out_dir / "plots")

@@ -64,8 +64,9 @@ def lr_factor(recipe: RecipeConfig) -> Callable[[int], float]:
     if recipe.lr_schedule == "inverse_step":  # Adler & Öktem: lr / (1 + step // 500)
         return lambda step: 1.0 / (1 + step // recipe.lr_decay_every)
     lo = recipe.lr_min_factor
-    return lambda step: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(step, recipe.steps)
-                                                               / recipe.steps))
+    return lambda step: (
+        lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(step, recipe.steps) / recipe.steps))
+    )
 
 
 def unroll_at(recipe: RecipeConfig, step: int) -> int:
@@ -91,12 +92,22 @@ class Progress:
         self.mode, self.total, self.title = mode, total, title
         self._bar = None
         if mode == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
             )
             self._task = self._bar.add_task(title, total=total, info="")
             self._bar.start()
@@ -120,9 +131,15 @@ class MetricsLog:
     def __init__(self, path: Path, model: str, resume_step: int | None) -> None:
         self.path, self.model = path, model
         if resume_step is not None and path.exists():
-            keep = [line for line in path.read_text().splitlines()
-                    if line and (json.loads(line).get("model") != model
-                                 or json.loads(line)["step"] <= resume_step)]
+            keep = [
+                line
+                for line in path.read_text().splitlines()
+                if line
+                and (
+                    json.loads(line).get("model") != model
+                    or json.loads(line)["step"] <= resume_step
+                )
+            ]
             path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, step: int, phase: str, values: Mapping[str, float]) -> None:
@@ -215,8 +232,16 @@ def fit(
             step += 1
             logged = step % recipe.log_every == 0
             if logged:
-                log.write(step, phase, {"train/loss": value, "lr": sched.get_last_lr()[0],
-                                        "unroll": unroll, "grad_norm": float(gnorm)})
+                log.write(
+                    step,
+                    phase,
+                    {
+                        "train/loss": value,
+                        "lr": sched.get_last_lr()[0],
+                        "unroll": unroll,
+                        "grad_norm": float(gnorm),
+                    },
+                )
             bar.update(step, f"loss {value:.3e} unroll {unroll}", logged)
             if step % recipe.val_every == 0 or step == recipe.steps:
                 checkpoint()
@@ -226,8 +251,9 @@ def fit(
             while step < total:
                 # Stages of the polish (e.g. all windows of 20 intervals, then the full
                 # trajectories), each with a fresh L-BFGS memory.
-                stage = min((step - recipe.steps) * len(stages) // recipe.polish_steps,
-                            len(stages) - 1)
+                stage = min(
+                    (step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1
+                )
                 if polish_opt is None or stage != polish_stage:
                     polish_opt, polish_stage, polish_prev = _lbfgs(params), stage, None
                     polish_batch = problem.polish_batch(train_data, stages[stage])
@@ -235,9 +261,9 @@ def fit(
                     polish_batch = problem.polish_batch(train_data, stages[stage])
                 model.train()
 
-                def closure() -> torch.Tensor:
-                    polish_opt.zero_grad(set_to_none=True)
-                    value = problem.loss(model, polish_batch)
+                def closure(opt=polish_opt, batch=polish_batch) -> torch.Tensor:
+                    opt.zero_grad(set_to_none=True)
+                    value = problem.loss(model, batch)
                     if not torch.isfinite(value.detach()):
                         # A trial point of the line search where the rollout blew up: +inf (not
                         # NaN, which compares false) makes the search back off from it.
@@ -255,8 +281,9 @@ def fit(
                 step += 1
                 if stalled:
                     log.write(step, phase, {"polish/stage_converged": stage})
-                    step = max(step, recipe.steps + -(-(stage + 1) * recipe.polish_steps
-                                                      // len(stages)))
+                    step = max(
+                        step, recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages))
+                    )
                 logged = step % recipe.log_every == 0
                 if logged:
                     log.write(step, phase, {"train/loss": value, "unroll": stages[stage]})
@@ -273,8 +300,9 @@ def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
     # One iteration per outer step (so progress, checkpoints and resume work per iteration);
     # max_eval must be set explicitly: its default (max_iter * 5 // 4 = 1) leaves the line
     # search no evaluation, and L-BFGS then never moves.
-    return torch.optim.LBFGS(params, lr=1.0, max_iter=1, max_eval=25, history_size=50,
-                             line_search_fn="strong_wolfe")
+    return torch.optim.LBFGS(
+        params, lr=1.0, max_iter=1, max_eval=25, history_size=50, line_search_fn="strong_wolfe"
+    )
 
 
 def _check_finite(loss: torch.Tensor, step: int, name: str, last: Path) -> None:
@@ -297,8 +325,10 @@ def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=N
         "phase": phase,
         "best": best,
         "done": done,
-        "rng": {"torch": torch.get_rng_state(),
-                "batch": gen.get_state() if gen is not None else torch.get_rng_state()},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "batch": gen.get_state() if gen is not None else torch.get_rng_state(),
+        },
         "config": config or {},
         "versions": {"torch": str(torch.__version__)},
     }
@@ -321,8 +351,9 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     path, generated = ensure_dataset(problem, cfg.data_dir)
     print(f"data: {path} ({'generated' if generated else 'cached'})", flush=True)
     train_split, val_split = read_split(path, "train"), read_split(path, "val")
-    models = problem.model_set(cfg.solver, cfg.correction, coupling, train_split,
-                               cfg.recipe.baselines)
+    models = problem.model_set(
+        cfg.solver, cfg.correction, coupling, train_split, cfg.recipe.baselines
+    )
     train_data = train_split.tensors(device, dtype)
     val_data = val_split.tensors(device, dtype)
     meta = _meta(cfg, data_path(problem, cfg.data_dir), device)
@@ -332,17 +363,28 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
         for i, (name, model) in enumerate(models.items()):
             torch.manual_seed(cfg.seed + 1000 * i)  # each model's init independent of the order
             model.to(device=device, dtype=dtype)
-            results[name] = fit(problem, model, train_data, val_data, cfg.recipe, run_dir,
-                                name=name, seed=cfg.seed + i, config=config,
-                                progress=cfg.progress)
+            results[name] = fit(
+                problem,
+                model,
+                train_data,
+                val_data,
+                cfg.recipe,
+                run_dir,
+                name=name,
+                seed=cfg.seed + i,
+                config=config,
+                progress=cfg.progress,
+            )
     except TrainingDiverged:
         _write_meta(run_dir, meta, "diverged")
         raise
     except BaseException:
         _write_meta(run_dir, meta, "failed")
         raise
-    meta["fits"] = {k: {"steps": v.step, "best_val_loss": v.best, "seconds": round(v.seconds, 2)}
-                    for k, v in results.items()}
+    meta["fits"] = {
+        k: {"steps": v.step, "best_val_loss": v.best, "seconds": round(v.seconds, 2)}
+        for k, v in results.items()
+    }
     _write_meta(run_dir, meta, "completed")
     _plot_training_curve(run_dir)
     return results
@@ -355,8 +397,13 @@ def _meta(cfg: Any, path: Path, device: torch.device) -> dict[str, Any]:
     import hybridsim
 
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(hybridsim.__file__).parent, timeout=5).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(hybridsim.__file__).parent,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return {
@@ -395,8 +442,13 @@ def _plot_training_curve(run_dir: Path) -> None:
         for key, style in (("train/loss", "-"), ("val/loss", "o--")):
             pts = [(r["step"], r[key]) for r in rows if r["model"] == model and key in r]
             if pts:
-                ax.semilogy(*zip(*pts, strict=True), style, color=f"C{i}", ms=3,
-                            label=f"{model} {key.split('/')[0]}")
+                ax.semilogy(
+                    *zip(*pts, strict=True),
+                    style,
+                    color=f"C{i}",
+                    ms=3,
+                    label=f"{model} {key.split('/')[0]}",
+                )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)

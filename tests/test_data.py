@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from hybridsim.config import LVConfig
-from hybridsim.data import (DataError, H5Dataset, config_hash, data_path, ensure_dataset,
-                            read_split, write_dataset)
+from hybridsim.data import (
+    DataError,
+    H5Dataset,
+    config_hash,
+    data_path,
+    ensure_dataset,
+    read_split,
+    write_dataset,
+)
 from hybridsim.problems.lotka_volterra import LotkaVolterra
 
 SMALL = LVConfig(t_train=2.0, t_test=4.0)

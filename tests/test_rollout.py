@@ -43,8 +43,12 @@ def test_truncate_same_forward_different_gradient():
 
 
 def test_tuple_state_and_bad_arguments():
-    states = rollout(lambda s: (s[0] + 1, s[1] * 2), (torch.zeros(1), torch.ones(1)), 3,
-                     gradient=GradientMode("checkpoint", every=2))
+    states = rollout(
+        lambda s: (s[0] + 1, s[1] * 2),
+        (torch.zeros(1), torch.ones(1)),
+        3,
+        gradient=GradientMode("checkpoint", every=2),
+    )
     assert [float(s[0]) for s in states] == [1, 2, 3] and float(states[-1][1]) == 8
     with pytest.raises(ValueError, match="every"):
         GradientMode("checkpoint", every=0)

@@ -12,8 +12,16 @@ from hybridsim.problems.lotka_volterra import LotkaVolterra
 from hybridsim.train import TrainingDiverged, fit, load_checkpoint, lr_factor, unroll_at
 
 CFG = LVConfig(t_train=2.0, t_test=3.0)
-RECIPE = RecipeConfig(name="t", steps=6, batch_size=8, unroll=[3, 5], val_every=2, log_every=1,
-                      polish="lbfgs", polish_steps=4)
+RECIPE = RecipeConfig(
+    name="t",
+    steps=6,
+    batch_size=8,
+    unroll=[3, 5],
+    val_every=2,
+    log_every=1,
+    polish="lbfgs",
+    polish_steps=4,
+)
 
 
 def _setup(seed=0):
@@ -30,7 +38,7 @@ def _train(run_dir, interrupt_at=None):
     problem, model, train, val = _setup()
     if interrupt_at is not None:
         calls = {"n": 0}
-        batch, loss = problem.batch, problem.loss
+        loss = problem.loss
 
         def counting(*a, **k):
             calls["n"] += torch.is_grad_enabled()
@@ -51,8 +59,9 @@ def _train(run_dir, interrupt_at=None):
 def test_resume_is_bit_for_bit(tmp_path, interrupt_at):
     whole = _train(tmp_path / "a")
     resumed = _train(tmp_path / "b", interrupt_at=interrupt_at)
-    for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items(),
-                              strict=True):
+    for (k, a), (_, b) in zip(
+        whole.state_dict().items(), resumed.state_dict().items(), strict=True
+    ):
         assert torch.equal(a, b), f"{k} differs after resume"
     rows = lambda d: [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert rows(tmp_path / "a") == rows(tmp_path / "b")

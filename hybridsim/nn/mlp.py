@@ -40,7 +40,9 @@ class GroupedMLP(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}"
+            )
         self.groups, self.in_features, self.out_features = groups, in_features, out_features
         self.activation = activation
         sizes = [in_features, *width, out_features]

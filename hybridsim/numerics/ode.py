@@ -30,7 +30,7 @@ class FixedStepSolver:
 
 
 class Euler(FixedStepSolver):
-    """Forward Euler: ``u + h f(t, u)``. Order 1; unstable for oscillators at any h (energy grows)."""
+    """Forward Euler: ``u + h f(t, u)``. Order 1; for oscillators V grows at any h."""
 
     name, order = "euler", 1
 
@@ -50,8 +50,9 @@ class RK4(FixedStepSolver):
         k3 = f(t + half, torch.add(u, k2, alpha=half))
         k4 = f(t + h, torch.add(u, k3, alpha=h))
         # u + h/6 (k1 + 2 k2 + 2 k3 + k4) with fused multiply-adds (fewer kernel launches).
-        return torch.add(u, torch.add(torch.add(k1, k4), torch.add(k2, k3), alpha=2.0),
-                         alpha=h / 6.0)
+        return torch.add(
+            u, torch.add(torch.add(k1, k4), torch.add(k2, k3), alpha=2.0), alpha=h / 6.0
+        )
 
 
 # Dormand–Prince 5(4) tableau (FSAL); b is the 5th-order solution, e = b - b* the error weights.

@@ -107,8 +107,10 @@ class Problem(abc.ABC):
 
     def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
         """Reject a solver, correction or coupling that does not fit; return the coupling."""
-        for group, value, valid in (("solver", solver, self.solvers),
-                                    ("correction", correction, self.corrections)):
+        for group, value, valid in (
+            ("solver", solver, self.solvers),
+            ("correction", correction, self.corrections),
+        ):
             if value not in valid:
                 raise ProblemError(
                     f"{group}={value} does not apply to problem={self.name}; "
@@ -134,8 +136,10 @@ class Problem(abc.ABC):
         """The main model (``hybrid``), the trainable comparators when ``baselines``, and the
         untrained ones (the solver alone) when ``untrained``."""
         models = {"hybrid": self.build_model(solver, correction, coupling, train)}
-        groups = {**(self.baselines() if baselines else {}),
-                  **(self.untrained_baselines() if untrained else {})}
+        groups = {
+            **(self.baselines() if baselines else {}),
+            **(self.untrained_baselines() if untrained else {}),
+        }
         if groups:
             for name, (corr_name, corr_coupling) in groups.items():
                 if (corr_name, corr_coupling) == (correction.name, coupling):

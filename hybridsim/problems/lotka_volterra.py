@@ -161,16 +161,23 @@ class LotkaVolterra(Problem):
         if correction.kind == "mlp":
             # rhs: NN₁ and NN₂ as two independent 2→…→1 networks; blackbox: one 2→…→2 network.
             groups, out = (2, 1) if coupling == "rhs" else (1, 2)
-            net = GroupedMLP(2, out, correction.width, groups, correction.activation,
-                             correction.init_scale)
+            net = GroupedMLP(
+                2, out, correction.width, groups, correction.activation, correction.init_scale
+            )
         u = torch.as_tensor(train.arrays["u"], dtype=torch.float64)
         dt = float(train.coords["t"][1] - train.coords["t"][0])
         u_scale = u.reshape(-1, 2).abs().amax(0)
         du_scale = ((u[:, 1:] - u[:, :-1]) / dt).reshape(-1, 2).abs().amax(0)
         return LotkaVolterraModel(
-            self.cfg.alpha, self.cfg.theta3_init, self.cfg.learn_theta3, net, coupling,
-            build_solver(solver.name, solver.rtol, solver.atol), solver.substeps,
-            u_scale.float(), du_scale.float(),
+            self.cfg.alpha,
+            self.cfg.theta3_init,
+            self.cfg.learn_theta3,
+            net,
+            coupling,
+            build_solver(solver.name, solver.rtol, solver.atol),
+            solver.substeps,
+            u_scale.float(),
+            du_scale.float(),
         )
 
     def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
@@ -214,7 +221,8 @@ class LotkaVolterra(Problem):
         if unroll < 0 or unroll >= u.shape[1] - 1:
             return self.full_batch(data)
         idx = torch.arange(u.shape[1] - unroll, device=u.device)[:, None] + torch.arange(
-            unroll + 1, device=u.device)
+            unroll + 1, device=u.device
+        )
         windows = u[:, idx].reshape(-1, unroll + 1, 2)  # every window of every trajectory
         return Batch(
             inputs={"u0": windows[:, 0], "t": t[: unroll + 1] - t[0]},
@@ -266,8 +274,10 @@ class LotkaVolterra(Problem):
             f = model.rhs(torch.zeros(()), u).double().cpu().numpy()
         theta, terms = polynomial_library(states, cfg.library_degree, ("x", "y"))
         xi = stlsq(theta, f, cfg.threshold)
-        coef = {lhs: dict(zip(terms, xi[:, j].tolist(), strict=True))
-                for j, lhs in enumerate(("dx/dt", "dy/dt"))}
+        coef = {
+            lhs: dict(zip(terms, xi[:, j].tolist(), strict=True))
+            for j, lhs in enumerate(("dx/dt", "dy/dt"))
+        }
         equations = [format_equation(lhs, xi[:, j], terms) for j, lhs in enumerate(coef)]
         found = {
             "alpha": coef["dx/dt"]["x"],
@@ -276,10 +286,16 @@ class LotkaVolterra(Problem):
             "delta": -coef["dy/dt"]["y"],
         }
         truth = {"alpha": cfg.alpha, "beta": cfg.beta, "gamma": cfg.gamma, "delta": cfg.delta}
-        rel = {k: abs(found[k] - truth[k]) / abs(truth[k]) if truth[k] else abs(found[k])
-               for k in found}
+        rel = {
+            k: abs(found[k] - truth[k]) / abs(truth[k]) if truth[k] else abs(found[k])
+            for k in found
+        }
         n_terms = int((xi != 0).sum())
-        return {"equations": equations, "coefficients": coef, "parameters": found,
-                "relative_error": rel, "n_terms": n_terms,
-                "structure_ok": n_terms == 4 and all(v < 0.5 for v in rel.values())}
-
+        return {
+            "equations": equations,
+            "coefficients": coef,
+            "parameters": found,
+            "relative_error": rel,
+            "n_terms": n_terms,
+            "structure_ok": n_terms == 4 and all(v < 0.5 for v in rel.values()),
+        }

@@ -86,8 +86,14 @@ def evaluate(
     if "blackbox" in table and "hybrid" in table:
         bb, hy = table["blackbox"]["rel_l2_extrapolation"], table["hybrid"]["rel_l2_extrapolation"]
         result["extrapolation_gain_over_blackbox"] = bb / hy if hy > 0 else float("inf")
-    _plot_trajectories(out_dir / "trajectories.png", t, true[0], test.arrays["u"][0],
-                       {k: v[0] for k, v in preds.items()}, cfg.t_train)
+    _plot_trajectories(
+        out_dir / "trajectories.png",
+        t,
+        true[0],
+        test.arrays["u"][0],
+        {k: v[0] for k, v in preds.items()},
+        cfg.t_train,
+    )
     return result
 
 
@@ -126,7 +132,9 @@ def _plot_terms(path: Path, t, x, y, nn_x, f_y, cfg) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     axes[0].plot(t, -cfg.beta * x[:n] * y[:n], "k-", lw=2, label="true −βxy")
     axes[0].plot(t, nn_x[:n], "C1--", label="learned NN₁(x,y)")
-    axes[1].plot(t, cfg.gamma * x[:n] * y[:n] - cfg.delta * y[:n], "k-", lw=2, label="true γxy − δy")
+    axes[1].plot(
+        t, cfg.gamma * x[:n] * y[:n] - cfg.delta * y[:n], "k-", lw=2, label="true γxy − δy"
+    )
     axes[1].plot(t, f_y[:n], "C1--", label="learned NN₂(x,y) − θ₃y")
     for ax in axes:
         ax.set_xlabel("t (training trajectory)")
