@@ -214,3 +214,41 @@ def test_python_module_entry_point(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 0 and "commands:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_configs_found_after_non_editable_install(tmp_path):
+    """A plain `pip install .` (not editable) ships conf/ as hybridsim.conf."""
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "site"
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            str(repo),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert pip.returncode == 0, pip.stderr
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hybridsim.cli as c; "
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__; "
+        "print(c.config_path()); sys.exit(c.main(['train', 'problem=ct', '--cfg', 'job']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(target)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("pkg://hybridsim.conf") and "name: ct" in proc.stdout
