@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             rest = _rewrite_resume(rest)
         app = _hydra_app(command)
-        sys.argv = [f"hybridsim-{command}", *rest]
+        sys.argv = ["hybridsim", *rest]  # shell completion registers for this name
         app()
     except SystemExit as e:  # Hydra's own exits (--help, argparse errors) keep their code
         return e.code if isinstance(e.code, int) else EXIT_ERROR
