@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_lv_step.py", "bench_radon.py", "bench_fluid.py"]
+BENCHMARKS = ["bench_lv_step.py", "bench_radon.py", "bench_ct_train.py", "bench_fluid.py"]
 
 
 def main() -> int:
