@@ -78,6 +78,7 @@ class Problem(abc.ABC):
     solvers: ClassVar[tuple[str, ...]]
     corrections: ClassVar[tuple[str, ...]]
     couplings: ClassVar[tuple[str, ...]]
+    model_keys: ClassVar[frozenset[str]] = frozenset()  # config keys that do not shape the data
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -88,10 +89,11 @@ class Problem(abc.ABC):
         """Reference data for ``split``: a pure function of (problem config, split, seed)."""
 
     def data_config(self) -> dict[str, Any]:
-        """The part of the config that determines the data (hashed into the file name)."""
+        """The part of the config that determines the data (hashed into the file name): all of
+        it but ``model_keys``."""
         from dataclasses import asdict
 
-        return asdict(self.cfg)
+        return {k: v for k, v in asdict(self.cfg).items() if k not in self.model_keys}
 
     # ----------------------------------------------------------------- model
     @abc.abstractmethod

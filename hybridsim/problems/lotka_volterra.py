@@ -115,10 +115,12 @@ class LotkaVolterra(Problem):
     couplings = ("rhs", "blackbox")
     cfg: LVConfig
 
+    # Settings that shape only the model or the evaluation, not the data (not hashed).
+    model_keys = frozenset(
+        {"theta3_init", "learn_theta3", "library_degree", "threshold", "val_window"}
+    )
+
     # ------------------------------------------------------------------ data
-    def data_config(self) -> dict[str, Any]:
-        model_only = {"theta3_init", "learn_theta3", "library_degree", "threshold", "val_window"}
-        return {k: v for k, v in super().data_config().items() if k not in model_only}
 
     def generate(self, split: str, seed: int) -> SplitData:
         """Noisy observations ``u`` and the exact ``u_true`` (dopri5, float64, rtol 1e-10)."""

@@ -202,9 +202,9 @@ class Tomography(Problem):
     couplings = ("update", "update_lambda")
     cfg: CTConfig
 
-    # ------------------------------------------------------------------ data
-    def data_config(self) -> dict[str, Any]:
-        model_only = {
+    # Settings that shape only the model or the evaluation, not the data (not hashed).
+    model_keys = frozenset(
+        {
             "memory",
             "share_weights",
             "lambda_init",
@@ -213,7 +213,7 @@ class Tomography(Problem):
             "tv_eps",
             "tv_iters",
         }
-        return {k: v for k, v in super().data_config().items() if k not in model_only}
+    )
 
     def _measure(self, fine: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         """Noisy data of images given on a ``k``-times finer grid, ``(n, n_angles, n_det)``."""
