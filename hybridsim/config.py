@@ -289,6 +289,7 @@ class GenerateConfig:
     solver: Any = None  # unused by generate (problem configs choose defaults for them)
     correction: Any = None
     recipe: Any = None
+    dtype: str = "float32"  # unused: reference data are computed in float64
     data_dir: str = "data"
     force: bool = False
 
