@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hybridsim.config import RecipeConfig
+from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import Problem
 
 
@@ -157,6 +158,7 @@ def fit(
         save_atomic(load_checkpoint(last), best_path)
         return FitResult(0, float("nan"), "completed", 0.0)
 
+    problem.gradient = GradientMode(recipe.gradient_mode, recipe.gradient_every)
     opt = make_optimizer(params, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe))
     gen = torch.Generator().manual_seed(seed)

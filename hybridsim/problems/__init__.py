@@ -1,4 +1,5 @@
 """Problems: one module per problem; importing this package registers them all."""
 
 from hybridsim.problems import lotka_volterra  # noqa: F401  (registers problem=lv)
+from hybridsim.problems import navier_stokes  # noqa: F401  (registers problem=ns)
 from hybridsim.problems.base import Problem, ProblemError, register, registered  # noqa: F401
