@@ -115,7 +115,7 @@ class NSConfig:
     reynolds_train: list[float] = field(default_factory=lambda: [100.0, 400.0, 1600.0])
     reynolds_val: list[float] = field(default_factory=lambda: [800.0])
     reynolds_test: list[float] = field(default_factory=lambda: [200.0, 1200.0])
-    warmup: int = 300  # reference steps before the first recorded frame
+    warmup: int = 400  # reference steps before the first recorded frame
     n_frames: int = 120  # frames per simulation (train, val)
     n_frames_test: int = 130  # frames per test simulation (>= eval_steps + 1)
     reference_advection: str = "semi_lagrangian"
