@@ -14,9 +14,17 @@ from hybridsim.problems.base import ProblemError
 from hybridsim.problems.navier_stokes import NavierStokes
 
 # A tiny wake: coarse 32 x 16, reference 64 x 32, short warm-up.
-TINY = NSConfig(resolution=[32, 16], factor=2, warmup=20, n_frames=12, n_frames_test=12,
-                eval_steps=8, reynolds_train=[100.0, 800.0], reynolds_val=[300.0],
-                reynolds_test=[200.0])
+TINY = NSConfig(
+    resolution=[32, 16],
+    factor=2,
+    warmup=20,
+    n_frames=12,
+    n_frames_test=12,
+    eval_steps=8,
+    reynolds_train=[100.0, 800.0],
+    reynolds_val=[300.0],
+    reynolds_test=[200.0],
+)
 SOLVER = FluidSolverConfig(name="semi_lagrangian")
 RESNET = CorrectionConfig(name="resnet", kind="resnet", width=[8, 8], kernel_size=3)
 
@@ -112,8 +120,7 @@ def test_non_is_teacher_forced_and_skips_the_solver_gradient(tiny):
 
 def test_model_set_and_validation(tiny):
     problem, train = tiny
-    models = problem.model_set(SOLVER, RESNET, "after_step", train, baselines=True,
-                               untrained=True)
+    models = problem.model_set(SOLVER, RESNET, "after_step", train, baselines=True, untrained=True)
     assert set(models) == {"hybrid", "non", "solver"}
     assert models["solver"].correction is None and models["non"].coupling == "non"
     only = problem.model_set(SOLVER, CorrectionConfig(), "after_step", train, True, True)
@@ -123,9 +130,19 @@ def test_model_set_and_validation(tiny):
 
 
 def test_taylor_green_reference_is_exact():
-    cfg = NSConfig(scenario="taylor_green", resolution=[16, 16], factor=1, dt=0.1, warmup=0,
-                   n_frames=5, n_frames_test=5, eval_steps=4, reynolds_train=[10.0],
-                   reynolds_val=[20.0], reynolds_test=[15.0])
+    cfg = NSConfig(
+        scenario="taylor_green",
+        resolution=[16, 16],
+        factor=1,
+        dt=0.1,
+        warmup=0,
+        n_frames=5,
+        n_frames_test=5,
+        eval_steps=4,
+        reynolds_train=[10.0],
+        reynolds_val=[20.0],
+        reynolds_test=[15.0],
+    )
     split = NavierStokes(cfg).generate("train", 1)
     u = split.arrays["u"][0]
     ratio = np.abs(u[-1]).max() / np.abs(u[0]).max()

@@ -84,8 +84,9 @@ class ResNet(nn.Module):
             last = c
         else:
             chans = [in_channels, *width]
-            layers += [ResBlock(a, b, kernel_size, dim)
-                       for a, b in zip(chans[:-1], chans[1:], strict=True)]
+            layers += [
+                ResBlock(a, b, kernel_size, dim) for a, b in zip(chans[:-1], chans[1:], strict=True)
+            ]
             last = width[-1]
         self.body = nn.Sequential(*layers)
         self.out = conv(last, out_channels, 1)

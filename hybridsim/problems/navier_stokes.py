@@ -60,9 +60,7 @@ BLUFF = ("wake", "wake3d")
 State = tuple[torch.Tensor, ...]
 
 
-def _masked_sq_error(
-    pred: State, ref: State, open_: tuple[torch.Tensor, ...]
-) -> torch.Tensor:
+def _masked_sq_error(pred: State, ref: State, open_: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Mean squared velocity error over the open faces, all steps and samples (a scalar)."""
     total, count = 0.0, 0.0
     for p, r, m in zip(pred, ref, open_, strict=True):
@@ -106,9 +104,16 @@ class NSHybrid(nn.Module):
     def solver(self, reynolds: torch.Tensor) -> FluidSolver:
         """The coarse step with one viscosity ``nu = nu_scale / Re`` per sample."""
         t = self.template
-        return FluidSolver(self.grid, self.nu_scale / reynolds, advection=self.advection,
-                           pressure_solve=self.pressure_solve, force=t.force, drag=t.drag,
-                           cfl_warn=None, max_diffusion_number=t.max_diffusion_number)
+        return FluidSolver(
+            self.grid,
+            self.nu_scale / reynolds,
+            advection=self.advection,
+            pressure_solve=self.pressure_solve,
+            force=t.force,
+            drag=t.drag,
+            cfl_warn=None,
+            max_diffusion_number=t.max_diffusion_number,
+        )
 
     def re_channel(self, reynolds: torch.Tensor) -> torch.Tensor:
         """``(ln Re - mean) / std`` as ``(batch, 1, 1[, 1], 1)`` (broadcast to a channel)."""
@@ -125,8 +130,9 @@ class NSHybrid(nn.Module):
         open_ = self.grid.consts(packed.dtype, packed.device)["open"]
         return tuple(u + d * m for u, d, m in zip(velocity, du, open_, strict=True))
 
-    def step(self, solver: FluidSolver, state: State, re_channel: torch.Tensor,
-             solver_grad: bool = True) -> State:
+    def step(
+        self, solver: FluidSolver, state: State, re_channel: torch.Tensor, solver_grad: bool = True
+    ) -> State:
         """One corrected step; ``solver_grad=False`` keeps the solver out of the graph (NON)."""
         with torch.set_grad_enabled(solver_grad and torch.is_grad_enabled()):
             s = solver.step(state, self.dt)
@@ -137,12 +143,14 @@ class NSHybrid(nn.Module):
         return (*velocity, pressure)
 
     def rollout(
-        self, state: State, reynolds: torch.Tensor, n_steps: int,
+        self,
+        state: State,
+        reynolds: torch.Tensor,
+        n_steps: int,
         gradient: GradientMode | None = None,
     ) -> list[State]:
         solver, re = self.solver(reynolds), self.re_channel(reynolds)
-        return rollout(lambda s: self.step(solver, s, re), tuple(state), n_steps,
-                       gradient=gradient)
+        return rollout(lambda s: self.step(solver, s, re), tuple(state), n_steps, gradient=gradient)
 
     def forward(self, state: State, reynolds: torch.Tensor, n_steps: int) -> list[State]:
         return self.rollout(state, reynolds, n_steps)
@@ -161,14 +169,20 @@ class NavierStokes(Problem):
         dim = {"wake": 2, "wake3d": 3}.get(cfg.scenario, 2)
         res = list(cfg.resolution)
         if len(res) != dim:
-            raise ProblemError(f"problem.scenario={cfg.scenario} needs {dim} entries in "
-                               f"problem.resolution, got {res}")
+            raise ProblemError(
+                f"problem.scenario={cfg.scenario} needs {dim} entries in "
+                f"problem.resolution, got {res}"
+            )
         if cfg.scenario in BLUFF and (len(cfg.size) != dim or len(cfg.center) != dim):
-            raise ProblemError(f"problem.size and problem.center need {dim} entries for "
-                               f"problem.scenario={cfg.scenario}, got {cfg.size}, {cfg.center}")
+            raise ProblemError(
+                f"problem.size and problem.center need {dim} entries for "
+                f"problem.scenario={cfg.scenario}, got {cfg.size}, {cfg.center}"
+            )
         if cfg.scenario not in BLUFF and res[0] != res[1]:
-            raise ProblemError(f"problem.scenario={cfg.scenario} is square: problem.resolution "
-                               f"needs equal entries, got {res}")
+            raise ProblemError(
+                f"problem.scenario={cfg.scenario} is square: problem.resolution "
+                f"needs equal entries, got {res}"
+            )
         self.dim = dim
         self.coarse_grid = self._grid(res)  # validates the obstacle against both grids
         self.fine_grid = self._grid([n * cfg.factor for n in res])
@@ -178,8 +192,9 @@ class NavierStokes(Problem):
         cfg = self.cfg
         try:
             if cfg.scenario in BLUFF:
-                return bluff_body_grid(resolution, cfg.size, cfg.center, cfg.radius,
-                                       cfg.inflow_velocity)
+                return bluff_body_grid(
+                    resolution, cfg.size, cfg.center, cfg.radius, cfg.inflow_velocity
+                )
             return periodic_grid(resolution[0])
         except ValueError as e:
             raise ProblemError(f"problem=ns: {e}") from None
@@ -194,16 +209,30 @@ class NavierStokes(Problem):
     def velocity_scale(self) -> float:
         return self.cfg.inflow_velocity if self.cfg.scenario in BLUFF else 1.0
 
-    def _scenario(self, resolution: list[int], reynolds: list[float], seed: int,
-                  advection: str, dtype: torch.dtype) -> Scenario:
+    def _scenario(
+        self,
+        resolution: list[int],
+        reynolds: list[float],
+        seed: int,
+        advection: str,
+        dtype: torch.dtype,
+    ) -> Scenario:
         cfg = self.cfg
         common = {"dtype": dtype, "cfl_warn": None, "advection": advection}
         if cfg.scenario in BLUFF:
-            return make_scenario(cfg.scenario, resolution=tuple(resolution),
-                                 reynolds=list(reynolds), perturbation=cfg.perturbation,
-                                 seed=seed, size=tuple(cfg.size), center=tuple(cfg.center),
-                                 radius=cfg.radius, inflow_velocity=cfg.inflow_velocity,
-                                 dt=cfg.dt, **common)
+            return make_scenario(
+                cfg.scenario,
+                resolution=tuple(resolution),
+                reynolds=list(reynolds),
+                perturbation=cfg.perturbation,
+                seed=seed,
+                size=tuple(cfg.size),
+                center=tuple(cfg.center),
+                radius=cfg.radius,
+                inflow_velocity=cfg.inflow_velocity,
+                dt=cfg.dt,
+                **common,
+            )
         nu = torch.tensor([self.nu_scale / r for r in reynolds], dtype=dtype)
         params = {"n": resolution[0], "viscosity": nu, "batch": len(reynolds), "dt": cfg.dt}
         if cfg.scenario == "kolmogorov":
@@ -220,8 +249,11 @@ class NavierStokes(Problem):
         finer than the model's grid, ``warmup`` steps discarded, then frames restricted to the
         coarse grid every ``dt``. Taylor–Green uses the exact solution instead."""
         cfg = self.cfg
-        reynolds = {"train": cfg.reynolds_train, "val": cfg.reynolds_val,
-                    "test": cfg.reynolds_test}[split]
+        reynolds = {
+            "train": cfg.reynolds_train,
+            "val": cfg.reynolds_val,
+            "test": cfg.reynolds_test,
+        }[split]
         n_t = cfg.n_frames_test if split == "test" else cfg.n_frames
         t = (cfg.warmup + np.arange(n_t)) * cfg.dt
         coarse = self.coarse_grid
@@ -229,16 +261,31 @@ class NavierStokes(Problem):
         if cfg.scenario == "taylor_green":
             x, y = coarse.cell_centers(dtype=torch.float64)
             for tk in t:
-                vel = [torch.cat(c) for c in zip(*(
-                    taylor_green_velocity(coarse, self.nu_scale / r, float(tk), dtype=torch.float64)
-                    for r in reynolds), strict=True)]
-                decay = torch.tensor([math.exp(-4 * self.nu_scale / r * tk) for r in reynolds],
-                                     dtype=torch.float64).view(-1, 1, 1)
+                vel = [
+                    torch.cat(c)
+                    for c in zip(
+                        *(
+                            taylor_green_velocity(
+                                coarse, self.nu_scale / r, float(tk), dtype=torch.float64
+                            )
+                            for r in reynolds
+                        ),
+                        strict=True,
+                    )
+                ]
+                decay = torch.tensor(
+                    [math.exp(-4 * self.nu_scale / r * tk) for r in reynolds], dtype=torch.float64
+                ).view(-1, 1, 1)
                 p = -0.25 * (torch.cos(2 * x) + torch.cos(2 * y)) * decay
                 frames.append((*vel, p))
         else:
-            fine = self._scenario([n * cfg.factor for n in cfg.resolution], reynolds, seed,
-                                  cfg.reference_advection, torch.float32)
+            fine = self._scenario(
+                [n * cfg.factor for n in cfg.resolution],
+                reynolds,
+                seed,
+                cfg.reference_advection,
+                torch.float32,
+            )
             state = fine.state
             with torch.no_grad():
                 for _ in range(cfg.warmup):
@@ -248,14 +295,19 @@ class NavierStokes(Problem):
                     if k < n_t - 1:
                         state = fine.solver.step(state, fine.dt)
         names = [*COMPONENTS[: self.dim], "p"]
-        arrays = {name: torch.stack([f[i] for f in frames], 1).float().numpy()
-                  for i, name in enumerate(names)}
+        arrays = {
+            name: torch.stack([f[i] for f in frames], 1).float().numpy()
+            for i, name in enumerate(names)
+        }
         arrays["reynolds"] = np.asarray(reynolds, dtype=np.float64)
         return SplitData(
             arrays=arrays,
             coords={"t": t, "spacing": np.asarray(coarse.spacing)},
-            attrs={"scenario": cfg.scenario, "factor": cfg.factor,
-                   "viscosity": [self.nu_scale / r for r in reynolds]},
+            attrs={
+                "scenario": cfg.scenario,
+                "factor": cfg.factor,
+                "viscosity": [self.nu_scale / r for r in reynolds],
+            },
         )
 
     # ----------------------------------------------------------------- model
@@ -270,20 +322,43 @@ class NavierStokes(Problem):
             raise ProblemError("coupling=non trains a correction; choose correction=resnet")
         net = None
         if correction.kind == "resnet":
-            net = ResNet(self.dim + 1, self.dim, correction.width, correction.kernel_size,
-                         correction.blocks, self.dim, final_scale=correction.init_scale)
+            net = ResNet(
+                self.dim + 1,
+                self.dim,
+                correction.width,
+                correction.kernel_size,
+                correction.blocks,
+                self.dim,
+                final_scale=correction.init_scale,
+            )
         elif correction.kind != "none":
             raise ProblemError(f"correction kind {correction.kind} does not apply to problem=ns")
         log_re = np.log(np.asarray(train.arrays["reynolds"], dtype=np.float64))
         std = float(log_re.std()) if len(log_re) > 1 and log_re.std() > 0 else 1.0
-        template = self._scenario(list(self.cfg.resolution), [self.cfg.reynolds_train[0]], 0,
-                                  solver.advection, torch.float32).solver
+        template = self._scenario(
+            list(self.cfg.resolution),
+            [self.cfg.reynolds_train[0]],
+            0,
+            solver.advection,
+            torch.float32,
+        ).solver
         method = "fft" if all(self.coarse_grid.periodic) else "pcg"
-        ps = PressureSolve(self.coarse_grid, method=method, rtol=solver.rtol,
-                           grad_rtol=solver.grad_rtol)
-        return NSHybrid(template, self.cfg.dt, self.nu_scale, solver.advection, ps, net,
-                        coupling, self.cfg.project_correction, float(log_re.mean()), std,
-                        self.velocity_scale)
+        ps = PressureSolve(
+            self.coarse_grid, method=method, rtol=solver.rtol, grad_rtol=solver.grad_rtol
+        )
+        return NSHybrid(
+            template,
+            self.cfg.dt,
+            self.nu_scale,
+            solver.advection,
+            ps,
+            net,
+            coupling,
+            self.cfg.project_correction,
+            float(log_re.mean()),
+            std,
+            self.velocity_scale,
+        )
 
     def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
         coupling = super().check_choices(solver, correction, coupling)
@@ -325,8 +400,10 @@ class NavierStokes(Problem):
     def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
         idx = start[:, None] + torch.arange(unroll + 1, device=start.device)
         win = {c: data[c][sim[:, None], idx] for c in (*self._components(), "p")}
-        return Batch(inputs={"reynolds": data["reynolds"][sim], **win},
-                     targets={c: win[c][:, 1:] for c in self._components()})
+        return Batch(
+            inputs={"reynolds": data["reynolds"][sim], **win},
+            targets={c: win[c][:, 1:] for c in self._components()},
+        )
 
     def predict(self, model: NSHybrid, batch: Batch, teacher_forcing: bool) -> State:
         """Predicted velocity components ``(batch, n, *face_shape)`` for the window's steps.
@@ -338,11 +415,13 @@ class NavierStokes(Problem):
         b, n1 = batch.inputs["u"].shape[:2]
         n = n1 - 1
         if teacher_forcing:
-            state = tuple(batch.inputs[c][:, :-1].reshape(b * n, *batch.inputs[c].shape[2:])
-                          for c in comps)
+            state = tuple(
+                batch.inputs[c][:, :-1].reshape(b * n, *batch.inputs[c].shape[2:]) for c in comps
+            )
             re_rep = re.repeat_interleave(n)
-            out = model.step(model.solver(re_rep), state, model.re_channel(re_rep),
-                             solver_grad=False)
+            out = model.step(
+                model.solver(re_rep), state, model.re_channel(re_rep), solver_grad=False
+            )
             return tuple(o.reshape(b, n, *o.shape[1:]) for o in out[: self.dim])
         state = tuple(batch.inputs[c][:, 0] for c in comps)
         states = model.rollout(state, re, n, self.gradient)
@@ -371,8 +450,10 @@ class NavierStokes(Problem):
         open_ = model.grid.consts(ref[0].dtype, ref[0].device)["open"]
         loss = float(_masked_sq_error(pred, ref, open_))
         norm = float(_masked_sq_error(tuple(torch.zeros_like(r) for r in ref), ref, open_))
-        return {"loss": loss if math.isfinite(loss) else float("inf"),
-                "rel_l2": math.sqrt(loss / norm) if math.isfinite(loss) else float("inf")}
+        return {
+            "loss": loss if math.isfinite(loss) else float("inf"),
+            "rel_l2": math.sqrt(loss / norm) if math.isfinite(loss) else float("inf"),
+        }
 
     # ------------------------------------------------------------ evaluation
     def evaluate(

@@ -30,8 +30,11 @@ if TYPE_CHECKING:
     from hybridsim.problems.navier_stokes import NavierStokes
 
 CORRELATION_THRESHOLD = 0.95
-LABELS = {"solver": "SRC (solver alone)", "non": "NON (one-step supervised)",
-          "hybrid": "hybrid (SOL-n)"}
+LABELS = {
+    "solver": "SRC (solver alone)",
+    "non": "NON (one-step supervised)",
+    "hybrid": "hybrid (SOL-n)",
+}
 
 
 def _norms(diff: tuple[torch.Tensor, ...], open_: tuple[torch.Tensor, ...], p: int) -> torch.Tensor:
@@ -96,11 +99,16 @@ def evaluate(
             "vort_corr_final": float(np.nan_to_num(corr[:, -1], nan=0.0).mean()),
             "corr_time": float(t_corr.mean()),
         }
-        series[name] = {"rel_l2": l2.mean(0).tolist(), "rel_l1": l1.mean(0).tolist(),
-                        "vort_corr": np.nan_to_num(corr, nan=0.0).mean(0).tolist()}
+        series[name] = {
+            "rel_l2": l2.mean(0).tolist(),
+            "rel_l1": l1.mean(0).tolist(),
+            "vort_corr": np.nan_to_num(corr, nan=0.0).mean(0).tolist(),
+        }
         per_re[name] = {
-            f"{r:g}": {"rel_l2_mean": float(l2[reynolds == r].mean()),
-                       "corr_time": float(t_corr[reynolds == r].mean())}
+            f"{r:g}": {
+                "rel_l2_mean": float(l2[reynolds == r].mean()),
+                "corr_time": float(t_corr[reynolds == r].mean()),
+            }
             for r in np.unique(reynolds)
         }
         fields[name] = vort[0, -1].double().cpu().numpy()
@@ -112,8 +120,13 @@ def evaluate(
                 row["gain_over_solver"] = src / row["rel_l2_mean"]
                 ratio[name] = row["gain_over_solver"]
     _plot_errors(out_dir / "error_over_time.png", series, cfg.dt)
-    _plot_vorticity(out_dir / "vorticity.png", ref_vort[0, -1].double().cpu().numpy(), fields,
-                    steps, float(reynolds[0]))
+    _plot_vorticity(
+        out_dir / "vorticity.png",
+        ref_vort[0, -1].double().cpu().numpy(),
+        fields,
+        steps,
+        float(reynolds[0]),
+    )
     return {
         "table": table,
         "labels": {k: LABELS.get(k, k) for k in table},
@@ -146,8 +159,9 @@ def _plot_errors(path: Path, series: dict[str, dict[str, list[float]]], dt: floa
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for i, (name, s) in enumerate(series.items()):
         t = (np.arange(len(s["rel_l2"])) + 1) * dt
-        axes[0].semilogy(t, np.clip(s["rel_l2"], 1e-6, 1e3), color=f"C{i}",
-                         label=LABELS.get(name, name))
+        axes[0].semilogy(
+            t, np.clip(s["rel_l2"], 1e-6, 1e3), color=f"C{i}", label=LABELS.get(name, name)
+        )
         axes[1].plot(t, s["vort_corr"], color=f"C{i}", label=LABELS.get(name, name))
     axes[0].set_ylabel("relative L2 velocity error")
     axes[1].axhline(CORRELATION_THRESHOLD, color="0.5", ls=":", lw=1)
@@ -163,8 +177,9 @@ def _plot_errors(path: Path, series: dict[str, dict[str, list[float]]], dt: floa
     plt.close(fig)
 
 
-def _plot_vorticity(path: Path, ref: np.ndarray, fields: dict[str, np.ndarray], steps: int,
-                    reynolds: float) -> None:
+def _plot_vorticity(
+    path: Path, ref: np.ndarray, fields: dict[str, np.ndarray], steps: int, reynolds: float
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,4 +199,3 @@ def _plot_vorticity(path: Path, ref: np.ndarray, fields: dict[str, np.ndarray], 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
