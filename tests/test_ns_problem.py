@@ -9,6 +9,7 @@ import torch
 
 from hybridsim.config import ConfigError, CorrectionConfig, FluidSolverConfig, NSConfig
 from hybridsim.nn.resnet import ResNet, n_parameters
+from hybridsim.nn.unet import UNet
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import ProblemError
 from hybridsim.problems.navier_stokes import NavierStokes
@@ -44,6 +45,11 @@ def test_resnet_sizes():
     assert 250_000 < n_parameters(ResNet(3, 2, [32], 5, blocks=5)) < 270_000  # Um et al.'s
     zero = ResNet(4, 3, [4], 3, dim=3, final_scale=0.0)
     assert torch.equal(zero(torch.randn(1, 4, 5, 6, 7)), torch.zeros(1, 3, 5, 6, 7))
+    unet = UNet(3, 2, [4, 8, 8], 3)
+    assert unet(torch.randn(2, 3, 17, 33)).shape == (2, 2, 17, 33)  # odd sizes: pad and crop
+    assert torch.equal(
+        UNet(3, 2, [4], 3, final_scale=0.0)(torch.ones(1, 3, 5, 5)), torch.zeros(1, 2, 5, 5)
+    )
 
 
 def test_data_shapes_and_disjoint_reynolds(tiny):

@@ -42,6 +42,7 @@ from torch import nn
 
 from hybridsim.config import CorrectionConfig, FluidSolverConfig, NSConfig
 from hybridsim.nn.resnet import ResNet
+from hybridsim.nn.unet import UNet
 from hybridsim.numerics.fluid import FluidSolver
 from hybridsim.numerics.grid import MACGrid, downsample, stack_staggered, unstack_staggered
 from hybridsim.numerics.pressure import PressureSolve
@@ -160,7 +161,7 @@ class NSHybrid(nn.Module):
 class NavierStokes(Problem):
     name = "ns"
     solvers = ("semi_lagrangian", "maccormack")
-    corrections = ("none", "resnet", "resnet_paper")
+    corrections = ("none", "resnet", "resnet_paper", "unet")
     couplings = ("after_step", "non")
     cfg: NSConfig
 
@@ -328,6 +329,15 @@ class NavierStokes(Problem):
                 correction.width,
                 correction.kernel_size,
                 correction.blocks,
+                self.dim,
+                final_scale=correction.init_scale,
+            )
+        elif correction.kind == "unet":
+            net = UNet(
+                self.dim + 1,
+                self.dim,
+                correction.width,
+                correction.kernel_size,
                 self.dim,
                 final_scale=correction.init_scale,
             )
