@@ -158,7 +158,9 @@ def fit(
         save_atomic(load_checkpoint(last), best_path)
         return FitResult(0, float("nan"), "completed", 0.0)
 
-    problem.gradient = GradientMode(recipe.gradient_mode, recipe.gradient_every)
+    if isinstance(getattr(model, "gradient", None), GradientMode):
+        # a model that unrolls its own loop takes the recipe's gradient mode
+        model.gradient = GradientMode(recipe.gradient_mode, recipe.gradient_every)
     opt = make_optimizer(params, recipe)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe))
     gen = torch.Generator().manual_seed(seed)

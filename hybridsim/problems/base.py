@@ -26,8 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridsim.numerics.rollout import GradientMode
-
 SPLITS = ("train", "val", "test")
 
 
@@ -80,9 +78,6 @@ class Problem(abc.ABC):
     solvers: ClassVar[tuple[str, ...]]
     corrections: ClassVar[tuple[str, ...]]
     couplings: ClassVar[tuple[str, ...]]
-    #: How gradients flow back through unrolled steps in ``loss``; the trainer sets it from
-    #: ``recipe.gradient_mode`` / ``recipe.gradient_every`` (problems may ignore it).
-    gradient: GradientMode = GradientMode()
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

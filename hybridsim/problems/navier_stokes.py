@@ -101,6 +101,8 @@ class NSHybrid(nn.Module):
         self.register_buffer("log_re_mean", torch.tensor(float(log_re_mean)))
         self.register_buffer("log_re_std", torch.tensor(float(log_re_std)))
         self.velocity_scale = velocity_scale
+        # set by the trainer from recipe.gradient_mode / gradient_every (training rollouts only)
+        self.gradient = GradientMode()
 
     def solver(self, reynolds: torch.Tensor) -> FluidSolver:
         """The coarse step with one viscosity ``nu = nu_scale / Re`` per sample."""
@@ -150,6 +152,8 @@ class NSHybrid(nn.Module):
         n_steps: int,
         gradient: GradientMode | None = None,
     ) -> list[State]:
+        """The ``n_steps`` states after each corrected step from ``state`` (``gradient``: how
+        backpropagation runs through the loop; forward values are the same for every mode)."""
         solver, re = self.solver(reynolds), self.re_channel(reynolds)
         return rollout(lambda s: self.step(solver, s, re), tuple(state), n_steps, gradient=gradient)
 
@@ -434,7 +438,7 @@ class NavierStokes(Problem):
             )
             return tuple(o.reshape(b, n, *o.shape[1:]) for o in out[: self.dim])
         state = tuple(batch.inputs[c][:, 0] for c in comps)
-        states = model.rollout(state, re, n, self.gradient)
+        states = model.rollout(state, re, n, model.gradient)
         return tuple(torch.stack([s[i] for s in states], 1) for i in range(self.dim))
 
     def loss(self, model: NSHybrid, batch: Batch) -> torch.Tensor:
