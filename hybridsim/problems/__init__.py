@@ -1,5 +1,7 @@
 """Problems: one module per problem; importing this package registers them all."""
 
 from hybridsim.problems import lotka_volterra  # noqa: F401  (registers problem=lv)
-from hybridsim.problems import navier_stokes  # noqa: F401  (registers problem=ns)
 from hybridsim.problems.base import Problem, ProblemError, register, registered  # noqa: F401
+
+# isort: split
+from hybridsim.problems import navier_stokes  # noqa: F401  (registers problem=ns)
