@@ -105,6 +105,6 @@ def test_cfg_job_composes_ns(tmp_path, monkeypatch, capsys):
     assert main(["train", "problem=ns", "--cfg", "job"]) == 0
     out = capsys.readouterr().out
     assert "scenario: wake" in out and "name: semi_lagrangian" in out and "name: sol" in out
-    assert main(["train", "problem=ns", "+experiment=ns_paper", "--cfg", "job"]) == 0
+    assert main(["train", "+experiment=ns_paper", "--cfg", "job"]) == 0
     out = capsys.readouterr().out
     assert "warmup: 1000" in out and "name: resnet_paper" in out and "- 32" in out

@@ -167,6 +167,8 @@ class NavierStokes(Problem):
     solvers = ("semi_lagrangian", "maccormack")
     corrections = ("none", "resnet", "resnet_paper", "unet")
     couplings = ("after_step", "non")
+    # config keys that do not shape the data (left out of the data hash)
+    model_keys = frozenset({"project_correction", "val_steps", "eval_steps", "eval_starts"})
     cfg: NSConfig
 
     def __init__(self, cfg: NSConfig) -> None:
@@ -246,8 +248,7 @@ class NavierStokes(Problem):
 
     # ------------------------------------------------------------------ data
     def data_config(self) -> dict[str, Any]:
-        model_only = {"project_correction", "val_steps", "eval_steps", "eval_starts"}
-        return {k: v for k, v in super().data_config().items() if k not in model_only}
+        return {k: v for k, v in super().data_config().items() if k not in self.model_keys}
 
     def generate(self, split: str, seed: int) -> SplitData:
         """One reference simulation per Reynolds number of ``split`` (batched), ``factor`` times
