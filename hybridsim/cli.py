@@ -38,11 +38,15 @@ EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
 def config_path() -> str:
-    """Where the shipped configs are: the ``hybridsim.conf`` package of an installed wheel (the
-    top-level ``conf/`` is packaged under that name), else ``conf/`` of a source checkout
-    (editable installs map only the top-level package)."""
+    """Where the shipped configs are: ``conf/`` beside the imported ``hybridsim`` package when it
+    is a source checkout (so a checkout on PYTHONPATH never reads another checkout's configs
+    through an editable install's ``hybridsim.conf`` mapping), else the ``hybridsim.conf``
+    package of an installed wheel (the top-level ``conf/`` is packaged under that name)."""
     import importlib.util
 
+    beside = Path(__file__).resolve().parent.parent / "conf"
+    if (beside / "train.yaml").is_file():
+        return str(beside)
     try:
         if importlib.util.find_spec("hybridsim.conf") is not None:
             return "pkg://hybridsim.conf"

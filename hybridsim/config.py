@@ -385,3 +385,95 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=auto or cpu")
     return name
+
+
+# ------------------------------------------------------------------- problem=ns schemas
+
+
+@dataclass
+class NSConfig:
+    """Navier–Stokes solver-in-the-loop (Um et al., NeurIPS 2020): coarse solver + correction
+    trained against a reference ``factor`` times finer, downsampled to the coarse grid.
+
+    Scenarios: ``wake`` (2D cylinder, the paper's case), ``wake3d`` (sphere), ``taylor_green``
+    (exact reference), ``kolmogorov`` (periodic forced flow). Reynolds numbers set the viscosity
+    (wake: ``nu = U D / Re``; periodic: ``nu = 1 / Re``) and are a network input.
+    """
+
+    name: str = "ns"
+    scenario: str = "wake"
+    resolution: list[int] = field(default_factory=lambda: [64, 32])  # coarse (nx, ny[, nz])
+    factor: int = 4  # reference resolution = factor * resolution
+    size: list[float] = field(default_factory=lambda: [200.0, 100.0])  # wake domain
+    center: list[float] = field(default_factory=lambda: [50.0, 50.0])  # obstacle centre
+    radius: float = 10.0
+    inflow_velocity: float = 1.0
+    perturbation: float = 0.1
+    dt: float = 1.0
+    reynolds_train: list[float] = field(default_factory=lambda: [100.0, 400.0, 1600.0])
+    reynolds_val: list[float] = field(default_factory=lambda: [800.0])
+    reynolds_test: list[float] = field(default_factory=lambda: [200.0, 1200.0])
+    warmup: int = 400  # reference steps before the first recorded frame
+    n_frames: int = 120  # frames per simulation (train, val)
+    n_frames_test: int = 130  # frames per test simulation (>= eval_steps + 1)
+    reference_advection: str = "semi_lagrangian"
+    seed_train: int = 1
+    seed_val: int = 2
+    seed_test: int = 3
+    # Model and evaluation only (not part of the data):
+    project_correction: bool = False  # re-project the corrected velocity (off: Um et al.)
+    val_steps: int = 16
+    eval_steps: int = 100
+    eval_starts: int = 2
+
+    def __post_init__(self) -> None:
+        p = "problem"
+        _one_of("problem.scenario", self.scenario,
+                ("wake", "wake3d", "taylor_green", "kolmogorov"))
+        _one_of("problem.reference_advection", self.reference_advection,
+                ("semi_lagrangian", "maccormack"))
+        _positive(p, factor=self.factor, radius=self.radius, dt=self.dt, n_frames=self.n_frames,
+                  n_frames_test=self.n_frames_test, val_steps=self.val_steps,
+                  eval_steps=self.eval_steps, eval_starts=self.eval_starts,
+                  inflow_velocity=self.inflow_velocity)
+        _non_negative(p, warmup=self.warmup, perturbation=self.perturbation)
+        for n in self.resolution:
+            if n < 2:
+                raise ConfigError(f"problem.resolution entries must be >= 2, got {self.resolution}")
+        for s in self.size:
+            _positive(p, size=s)
+        for key in ("reynolds_train", "reynolds_val", "reynolds_test"):
+            values = getattr(self, key)
+            if not values:
+                raise ConfigError(f"problem.{key} must list at least one Reynolds number")
+            for r in values:
+                _positive(p, **{key: r})
+        if self.n_frames < 2:
+            raise ConfigError(f"problem.n_frames must be >= 2, got {self.n_frames}")
+        if self.n_frames_test < self.eval_steps + 1:
+            raise ConfigError(
+                f"problem.n_frames_test={self.n_frames_test} must be >= problem.eval_steps + 1 "
+                f"= {self.eval_steps + 1}"
+            )
+
+
+
+@dataclass
+class FluidSolverConfig:
+    """A Navier–Stokes step (``numerics.fluid``): advection scheme and pressure-solve tolerances
+    (the backward pass solves the adjoint system to ``grad_rtol``)."""
+
+    name: str = MISSING
+    kind: str = "fluid"
+    advection: str = "semi_lagrangian"  # semi_lagrangian | maccormack
+    rtol: float = 1e-5
+    grad_rtol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        _one_of("solver.advection", self.advection, ("semi_lagrangian", "maccormack"))
+        _positive("solver", rtol=self.rtol, grad_rtol=self.grad_rtol)
+
+
+
+PROBLEM_SCHEMAS["ns"] = NSConfig
+SOLVER_SCHEMAS["fluid"] = FluidSolverConfig

@@ -1,0 +1,483 @@
+"""Navier–Stokes solver-in-the-loop (Um, Brand, Fei, Holl, Thuerey, NeurIPS 2020).
+
+A coarse solver ``P`` (``numerics.fluid.FluidSolver`` on the coarse MAC grid) is corrected after
+every step by a network ``C`` that sees the velocity and the Reynolds number::
+
+    s_{t+1} = s*_t + C(s*_t, Re),      s*_t = P(s_t)          (coupling ``after_step``)
+
+and is trained against a reference simulated ``factor`` times finer and restricted to the coarse
+grid (``grid.downsample``: face means, flux-conserving). Variants, each one config away:
+
+- SRC: the coarse solver alone (``correction=none``; evaluated as the untrained ``solver``);
+- SOL-n: ``n`` unrolled corrected steps per update, gradients through the solver
+  (``recipe.unroll=[n]``; curriculum ``[4, 8, 16, 32]``; ``recipe.gradient_mode=checkpoint``);
+- NON: the same correction trained on single steps from reference states with no gradient
+  through the solver (coupling ``non``: teacher forcing; trained beside SOL as baseline ``non``).
+
+Loss: mean over unrolled steps (and samples) of the squared velocity error on the faces the
+solver may change (``grid.consts()['open']``); prescribed faces (inflow, walls, faces touching
+the obstacle) are neither corrected nor scored. The correction is not re-projected by default
+(as in Um et al.; the next step's projection removes its divergence); ``problem.
+project_correction=true`` re-projects it.
+
+Network input: ``stack_staggered(u, v[, w]) / U`` (``(batch, dim, *(cells + 1))``) and a constant
+channel ``(ln Re - mean) / std`` over the training Reynolds numbers; output a staggered velocity
+correction (times ``U``, zero on prescribed faces).
+
+Data per split (one batched reference simulation, one sample per Reynolds number), coarse only:
+``u, v[, w]: (n_re, n_t, *face_shape)``, ``p: (n_re, n_t, *cells)``, ``reynolds: (n_re,)``;
+coordinates ``t`` (after the warm-up) and ``spacing``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hybridsim.config import CorrectionConfig, FluidSolverConfig, NSConfig
+from hybridsim.nn.resnet import ResNet
+from hybridsim.nn.unet import UNet
+from hybridsim.numerics.fluid import FluidSolver
+from hybridsim.numerics.grid import MACGrid, downsample, stack_staggered, unstack_staggered
+from hybridsim.numerics.pressure import PressureSolve
+from hybridsim.numerics.rollout import GradientMode, rollout
+from hybridsim.numerics.scenarios import (
+    Scenario,
+    bluff_body_grid,
+    make_scenario,
+    periodic_grid,
+    taylor_green_velocity,
+)
+from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
+
+COMPONENTS = ("u", "v", "w")
+BLUFF = ("wake", "wake3d")
+State = tuple[torch.Tensor, ...]
+
+
+def _masked_sq_error(pred: State, ref: State, open_: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Mean squared velocity error over the open faces, all steps and samples (a scalar)."""
+    total, count = 0.0, 0.0
+    for p, r, m in zip(pred, ref, open_, strict=True):
+        total = total + ((p - r) ** 2 * m).sum()
+        count = count + m.sum() * (p.numel() // m.numel())
+    return total / count
+
+
+class NSHybrid(nn.Module):
+    """Coarse fluid solver + optional correction after each step.
+
+    ``step(solver, state, re_channel)`` advances ``state = (*velocity, pressure)`` by ``dt``;
+    ``rollout(state, reynolds, n, gradient)`` returns the ``n`` states after each step.
+    ``coupling``: ``after_step`` or ``non`` (same model; ``non`` marks teacher-forced training).
+    """
+
+    def __init__(
+        self,
+        template: FluidSolver,
+        dt: float,
+        nu_scale: float,
+        advection: str,
+        pressure_solve: PressureSolve,
+        correction: nn.Module | None,
+        coupling: str,
+        project_correction: bool,
+        log_re_mean: float,
+        log_re_std: float,
+        velocity_scale: float,
+    ) -> None:
+        super().__init__()
+        self.grid: MACGrid = template.grid
+        self.template, self.dt, self.nu_scale = template, dt, nu_scale
+        self.advection, self.pressure_solve = advection, pressure_solve
+        self.correction, self.coupling = correction, coupling
+        self.project_correction = project_correction
+        self.register_buffer("log_re_mean", torch.tensor(float(log_re_mean)))
+        self.register_buffer("log_re_std", torch.tensor(float(log_re_std)))
+        self.velocity_scale = velocity_scale
+        # set by the trainer from recipe.gradient_mode / gradient_every (training rollouts only)
+        self.gradient = GradientMode()
+
+    def solver(self, reynolds: torch.Tensor) -> FluidSolver:
+        """The coarse step with one viscosity ``nu = nu_scale / Re`` per sample."""
+        t = self.template
+        return FluidSolver(
+            self.grid,
+            self.nu_scale / reynolds,
+            advection=self.advection,
+            pressure_solve=self.pressure_solve,
+            force=t.force,
+            drag=t.drag,
+            cfl_warn=None,
+            max_diffusion_number=t.max_diffusion_number,
+        )
+
+    def re_channel(self, reynolds: torch.Tensor) -> torch.Tensor:
+        """``(ln Re - mean) / std`` as ``(batch, 1, 1[, 1], 1)`` (broadcast to a channel)."""
+        x = (torch.log(reynolds) - self.log_re_mean) / self.log_re_std
+        return x.view(-1, *([1] * (self.grid.dim + 1)))
+
+    def correct(self, velocity: State, re_channel: torch.Tensor) -> State:
+        """``velocity + C(velocity, Re)`` on the open faces (identity without a correction)."""
+        if self.correction is None:
+            return velocity
+        packed = stack_staggered(self.grid, velocity) / self.velocity_scale
+        x = torch.cat([packed, re_channel.expand(-1, 1, *packed.shape[2:])], dim=1)
+        du = unstack_staggered(self.grid, self.correction(x) * self.velocity_scale)
+        open_ = self.grid.consts(packed.dtype, packed.device)["open"]
+        return tuple(u + d * m for u, d, m in zip(velocity, du, open_, strict=True))
+
+    def step(
+        self, solver: FluidSolver, state: State, re_channel: torch.Tensor, solver_grad: bool = True
+    ) -> State:
+        """One corrected step; ``solver_grad=False`` keeps the solver out of the graph (NON)."""
+        with torch.set_grad_enabled(solver_grad and torch.is_grad_enabled()):
+            s = solver.step(state, self.dt)
+        d = self.grid.dim
+        velocity, pressure = self.correct(tuple(s[:d]), re_channel), s[d]
+        if self.project_correction and self.correction is not None:
+            velocity, pressure = solver.project(velocity, pressure, self.dt)
+        return (*velocity, pressure)
+
+    def rollout(
+        self,
+        state: State,
+        reynolds: torch.Tensor,
+        n_steps: int,
+        gradient: GradientMode | None = None,
+    ) -> list[State]:
+        """The ``n_steps`` states after each corrected step from ``state`` (``gradient``: how
+        backpropagation runs through the loop; forward values are the same for every mode)."""
+        solver, re = self.solver(reynolds), self.re_channel(reynolds)
+        return rollout(lambda s: self.step(solver, s, re), tuple(state), n_steps, gradient=gradient)
+
+    def forward(self, state: State, reynolds: torch.Tensor, n_steps: int) -> list[State]:
+        return self.rollout(state, reynolds, n_steps)
+
+
+@register
+class NavierStokes(Problem):
+    name = "ns"
+    solvers = ("semi_lagrangian", "maccormack")
+    corrections = ("none", "resnet", "resnet_paper", "unet")
+    couplings = ("after_step", "non")
+    # config keys that do not shape the data (left out of the data hash)
+    model_keys = frozenset({"project_correction", "val_steps", "eval_steps", "eval_starts"})
+    cfg: NSConfig
+
+    def __init__(self, cfg: NSConfig) -> None:
+        super().__init__(cfg)
+        dim = {"wake": 2, "wake3d": 3}.get(cfg.scenario, 2)
+        res = list(cfg.resolution)
+        if len(res) != dim:
+            raise ProblemError(
+                f"problem.scenario={cfg.scenario} needs {dim} entries in "
+                f"problem.resolution, got {res}"
+            )
+        if cfg.scenario in BLUFF and (len(cfg.size) != dim or len(cfg.center) != dim):
+            raise ProblemError(
+                f"problem.size and problem.center need {dim} entries for "
+                f"problem.scenario={cfg.scenario}, got {cfg.size}, {cfg.center}"
+            )
+        if cfg.scenario not in BLUFF and res[0] != res[1]:
+            raise ProblemError(
+                f"problem.scenario={cfg.scenario} is square: problem.resolution "
+                f"needs equal entries, got {res}"
+            )
+        self.dim = dim
+        self.coarse_grid = self._grid(res)  # validates the obstacle against both grids
+        self.fine_grid = self._grid([n * cfg.factor for n in res])
+
+    # ------------------------------------------------------------ geometry
+    def _grid(self, resolution: list[int]) -> MACGrid:
+        cfg = self.cfg
+        try:
+            if cfg.scenario in BLUFF:
+                return bluff_body_grid(
+                    resolution, cfg.size, cfg.center, cfg.radius, cfg.inflow_velocity
+                )
+            return periodic_grid(resolution[0])
+        except ValueError as e:
+            raise ProblemError(f"problem=ns: {e}") from None
+
+    @property
+    def nu_scale(self) -> float:
+        """``nu = nu_scale / Re``: ``U D`` for the wakes, 1 for the periodic flows."""
+        cfg = self.cfg
+        return cfg.inflow_velocity * 2 * cfg.radius if cfg.scenario in BLUFF else 1.0
+
+    @property
+    def velocity_scale(self) -> float:
+        return self.cfg.inflow_velocity if self.cfg.scenario in BLUFF else 1.0
+
+    def _scenario(
+        self,
+        resolution: list[int],
+        reynolds: list[float],
+        seed: int,
+        advection: str,
+        dtype: torch.dtype,
+    ) -> Scenario:
+        cfg = self.cfg
+        common = {"dtype": dtype, "cfl_warn": None, "advection": advection}
+        if cfg.scenario in BLUFF:
+            return make_scenario(
+                cfg.scenario,
+                resolution=tuple(resolution),
+                reynolds=list(reynolds),
+                perturbation=cfg.perturbation,
+                seed=seed,
+                size=tuple(cfg.size),
+                center=tuple(cfg.center),
+                radius=cfg.radius,
+                inflow_velocity=cfg.inflow_velocity,
+                dt=cfg.dt,
+                **common,
+            )
+        nu = torch.tensor([self.nu_scale / r for r in reynolds], dtype=dtype)
+        params = {"n": resolution[0], "viscosity": nu, "batch": len(reynolds), "dt": cfg.dt}
+        if cfg.scenario == "kolmogorov":
+            params["seed"] = seed
+        return make_scenario(cfg.scenario, **params, **common)
+
+    # ------------------------------------------------------------------ data
+    def data_config(self) -> dict[str, Any]:
+        return {k: v for k, v in super().data_config().items() if k not in self.model_keys}
+
+    def generate(self, split: str, seed: int) -> SplitData:
+        """One reference simulation per Reynolds number of ``split`` (batched), ``factor`` times
+        finer than the model's grid, ``warmup`` steps discarded, then frames restricted to the
+        coarse grid every ``dt``. Taylor–Green uses the exact solution instead."""
+        cfg = self.cfg
+        reynolds = {
+            "train": cfg.reynolds_train,
+            "val": cfg.reynolds_val,
+            "test": cfg.reynolds_test,
+        }[split]
+        n_t = cfg.n_frames_test if split == "test" else cfg.n_frames
+        t = (cfg.warmup + np.arange(n_t)) * cfg.dt
+        coarse = self.coarse_grid
+        frames: list[State] = []
+        if cfg.scenario == "taylor_green":
+            x, y = coarse.cell_centers(dtype=torch.float64)
+            for tk in t:
+                vel = [
+                    torch.cat(c)
+                    for c in zip(
+                        *(
+                            taylor_green_velocity(
+                                coarse, self.nu_scale / r, float(tk), dtype=torch.float64
+                            )
+                            for r in reynolds
+                        ),
+                        strict=True,
+                    )
+                ]
+                decay = torch.tensor(
+                    [math.exp(-4 * self.nu_scale / r * tk) for r in reynolds], dtype=torch.float64
+                ).view(-1, 1, 1)
+                p = -0.25 * (torch.cos(2 * x) + torch.cos(2 * y)) * decay
+                frames.append((*vel, p))
+        else:
+            fine = self._scenario(
+                [n * cfg.factor for n in cfg.resolution],
+                reynolds,
+                seed,
+                cfg.reference_advection,
+                torch.float32,
+            )
+            state = fine.state
+            with torch.no_grad():
+                for _ in range(cfg.warmup):
+                    state = fine.solver.step(state, fine.dt)
+                for k in range(n_t):
+                    frames.append(downsample(fine.grid, coarse, state))
+                    if k < n_t - 1:
+                        state = fine.solver.step(state, fine.dt)
+        names = [*COMPONENTS[: self.dim], "p"]
+        arrays = {
+            name: torch.stack([f[i] for f in frames], 1).float().numpy()
+            for i, name in enumerate(names)
+        }
+        arrays["reynolds"] = np.asarray(reynolds, dtype=np.float64)
+        return SplitData(
+            arrays=arrays,
+            coords={"t": t, "spacing": np.asarray(coarse.spacing)},
+            attrs={
+                "scenario": cfg.scenario,
+                "factor": cfg.factor,
+                "viscosity": [self.nu_scale / r for r in reynolds],
+            },
+        )
+
+    # ----------------------------------------------------------------- model
+    def build_model(
+        self,
+        solver: FluidSolverConfig,
+        correction: CorrectionConfig,
+        coupling: str,
+        train: SplitData,
+    ) -> NSHybrid:
+        if correction.kind == "none" and coupling == "non":
+            raise ProblemError("coupling=non trains a correction; choose correction=resnet")
+        net = None
+        if correction.kind == "resnet":
+            net = ResNet(
+                self.dim + 1,
+                self.dim,
+                correction.width,
+                correction.kernel_size,
+                correction.blocks,
+                self.dim,
+                final_scale=correction.init_scale,
+            )
+        elif correction.kind == "unet":
+            net = UNet(
+                self.dim + 1,
+                self.dim,
+                correction.width,
+                correction.kernel_size,
+                self.dim,
+                final_scale=correction.init_scale,
+            )
+        elif correction.kind != "none":
+            raise ProblemError(f"correction kind {correction.kind} does not apply to problem=ns")
+        log_re = np.log(np.asarray(train.arrays["reynolds"], dtype=np.float64))
+        std = float(log_re.std()) if len(log_re) > 1 and log_re.std() > 0 else 1.0
+        template = self._scenario(
+            list(self.cfg.resolution),
+            [self.cfg.reynolds_train[0]],
+            0,
+            solver.advection,
+            torch.float32,
+        ).solver
+        method = "fft" if all(self.coarse_grid.periodic) else "pcg"
+        ps = PressureSolve(
+            self.coarse_grid, method=method, rtol=solver.rtol, grad_rtol=solver.grad_rtol
+        )
+        return NSHybrid(
+            template,
+            self.cfg.dt,
+            self.nu_scale,
+            solver.advection,
+            ps,
+            net,
+            coupling,
+            self.cfg.project_correction,
+            float(log_re.mean()),
+            std,
+            self.velocity_scale,
+        )
+
+    def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
+        coupling = super().check_choices(solver, correction, coupling)
+        if correction == "none" and coupling == "non":
+            raise ProblemError("coupling=non trains a correction; choose correction=resnet")
+        return coupling
+
+    def baselines(self) -> dict[str, tuple[str, str]]:
+        """NON: the main model's correction trained on single steps (see :meth:`model_set`)."""
+        return {"non": ("resnet", "non")}
+
+    def model_set(self, solver, correction, coupling, train, baselines, untrained=False):
+        """``hybrid``; ``non`` (same correction config, teacher-forced) when ``baselines`` and
+        the hybrid has a network trained through the solver; ``solver`` (SRC) when
+        ``untrained`` and the hybrid is not already the solver alone."""
+        models = {"hybrid": self.build_model(solver, correction, coupling, train)}
+        trained_net = correction.kind != "none"
+        if baselines and trained_net and coupling != "non":
+            models["non"] = self.build_model(solver, correction, "non", train)
+        if untrained and trained_net:
+            models["solver"] = self.build_model(solver, CorrectionConfig(), "after_step", train)
+        return models
+
+    # -------------------------------------------------------------- training
+    def _components(self) -> tuple[str, ...]:
+        return COMPONENTS[: self.dim]
+
+    def batch(
+        self, data: Mapping[str, torch.Tensor], batch_size: int, unroll: int, gen: torch.Generator
+    ) -> Batch:
+        """Random windows of ``unroll + 1`` consecutive frames (``-1``: the longest possible)."""
+        n_sim, n_t = data["u"].shape[:2]
+        unroll = n_t - 1 if unroll < 0 or unroll > n_t - 1 else unroll
+        dev = data["u"].device
+        sim = torch.randint(n_sim, (batch_size,), generator=gen).to(dev)
+        start = torch.randint(n_t - unroll, (batch_size,), generator=gen).to(dev)
+        return self._windows(data, sim, start, unroll)
+
+    def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
+        idx = start[:, None] + torch.arange(unroll + 1, device=start.device)
+        win = {c: data[c][sim[:, None], idx] for c in (*self._components(), "p")}
+        return Batch(
+            inputs={"reynolds": data["reynolds"][sim], **win},
+            targets={c: win[c][:, 1:] for c in self._components()},
+        )
+
+    def predict(self, model: NSHybrid, batch: Batch, teacher_forcing: bool) -> State:
+        """Predicted velocity components ``(batch, n, *face_shape)`` for the window's steps.
+
+        Free rollout from the first frame (SOL), or one step from each reference frame with no
+        gradient through the solver (NON)."""
+        comps = (*self._components(), "p")
+        re = batch.inputs["reynolds"]
+        b, n1 = batch.inputs["u"].shape[:2]
+        n = n1 - 1
+        if teacher_forcing:
+            state = tuple(
+                batch.inputs[c][:, :-1].reshape(b * n, *batch.inputs[c].shape[2:]) for c in comps
+            )
+            re_rep = re.repeat_interleave(n)
+            out = model.step(
+                model.solver(re_rep), state, model.re_channel(re_rep), solver_grad=False
+            )
+            return tuple(o.reshape(b, n, *o.shape[1:]) for o in out[: self.dim])
+        state = tuple(batch.inputs[c][:, 0] for c in comps)
+        states = model.rollout(state, re, n, model.gradient)
+        return tuple(torch.stack([s[i] for s in states], 1) for i in range(self.dim))
+
+    def loss(self, model: NSHybrid, batch: Batch) -> torch.Tensor:
+        """Mean over steps and samples of the squared velocity error on open faces."""
+        pred = self.predict(model, batch, teacher_forcing=model.coupling == "non")
+        ref = tuple(batch.targets[c] for c in self._components())
+        open_ = model.grid.consts(ref[0].dtype, ref[0].device)["open"]
+        return _masked_sq_error(pred, ref, open_)
+
+    def validate(self, model: NSHybrid, data: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        """Free rollouts of ``val_steps`` from 4 evenly spaced frames of each simulation (the
+        same criterion for SOL and NON); ``loss`` = the training loss on them."""
+        n_sim, n_t = data["u"].shape[:2]
+        steps = min(self.cfg.val_steps, n_t - 1)
+        starts = torch.linspace(0, n_t - 1 - steps, 4).round().long().unique()
+        sim = torch.arange(n_sim).repeat_interleave(len(starts))
+        start = starts.repeat(n_sim)
+        dev = data["u"].device
+        batch = self._windows(data, sim.to(dev), start.to(dev), steps)
+        with torch.no_grad():
+            pred = self.predict(model, batch, teacher_forcing=False)
+        ref = tuple(batch.targets[c] for c in self._components())
+        open_ = model.grid.consts(ref[0].dtype, ref[0].device)["open"]
+        loss = float(_masked_sq_error(pred, ref, open_))
+        norm = float(_masked_sq_error(tuple(torch.zeros_like(r) for r in ref), ref, open_))
+        return {
+            "loss": loss if math.isfinite(loss) else float("inf"),
+            "rel_l2": math.sqrt(loss / norm) if math.isfinite(loss) else float("inf"),
+        }
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        models: Mapping[str, nn.Module],
+        test: SplitData,
+        train: SplitData,
+        out_dir: Path,
+    ) -> dict[str, Any]:
+        from hybridsim.problems import navier_stokes_eval
+
+        return navier_stokes_eval.evaluate(self, models, test, out_dir)

@@ -1,0 +1,110 @@
+"""problem=ns through the command line: generate -> train a few steps -> eval on a tiny grid,
+and bad NS inputs giving one line on stderr, a non-zero exit and no work done."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hybridsim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+# Coarse 32 x 16 against 64 x 32, a short warm-up and rollouts: seconds, not minutes.
+TINY = [
+    "problem=ns",
+    "problem.resolution=[32,16]",
+    "problem.factor=2",
+    "problem.warmup=20",
+    "problem.n_frames=10",
+    "problem.n_frames_test=12",
+    "problem.eval_steps=10",
+    "problem.val_steps=4",
+    "problem.reynolds_train=[100,800]",
+    "problem.reynolds_val=[300]",
+    "problem.reynolds_test=[200]",
+]
+TRAIN = [
+    "recipe.steps=3",
+    "recipe.val_every=2",
+    "recipe.log_every=1",
+    "recipe.unroll=[2]",
+    "recipe.gradient_mode=checkpoint",
+    "recipe.gradient_every=1",
+    "correction.width=[8]",
+    "progress=plain",
+]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hybridsim", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"hybridsim {' '.join(args)} failed:\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_generate_train_eval(tmp_path):
+    gen = run("generate", *TINY, cwd=tmp_path)
+    path = tmp_path / gen.stdout.split()[0]
+    assert path.name.startswith("ns-") and path.exists()
+    train = run("train", *TINY, *TRAIN, "evaluate=false", cwd=tmp_path)
+    assert "(cached)" in train.stdout, "train must reuse the generated data"
+    run_dir = Path(train.stdout.strip().splitlines()[-1])
+    for f in ("checkpoints/best.pt", "checkpoints/non/best.pt", "metrics.jsonl", "meta.json"):
+        assert (run_dir / f).exists(), f"missing {f}"
+    ev = run("eval", f"run={run_dir}", "device=cpu", cwd=tmp_path)
+    assert "rel_l2_mean" in ev.stdout and "corr_time" in ev.stdout
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert set(metrics["table"]) == {"hybrid", "non", "solver"}
+    assert metrics["eval_steps"] == 10 and metrics["test_reynolds"] == [200.0]
+    for name, row in metrics["table"].items():
+        assert row["rel_l2_mean"] is not None and 0 < row["rel_l2_mean"] < 1, (name, row)
+    for plot in ("vorticity.png", "error_over_time.png"):
+        assert (run_dir / "eval" / "plots" / plot).exists()
+
+
+BAD = [
+    (["train", "problem=ns", "solver=rk4"], "solver=rk4 does not apply to problem=ns"),
+    (["train", "problem=lv", "solver=semi_lagrangian"], "does not apply to problem=lv"),
+    (["train", "problem=ns", "problem.size=[15,10]"], "does not fit"),
+    (["train", "problem=ns", "problem.resolution=[4,2]"], "smaller than the grid resolves"),
+    (["train", "problem=ns", "problem.resolution=[64,32,32]"], "needs 2 entries"),
+    (["train", "problem=ns", "problem.reynolds_test=[0,100]"], "problem.reynolds_test"),
+    (["train", "problem=ns", "problem.reynolds_train=[-100]"], "problem.reynolds_train"),
+    (["train", "problem=ns", "problem.scenario=nope"], "problem.scenario=nope"),
+    (["train", "problem=ns", "problem.dt=0"], "problem.dt"),
+    (["train", "problem=ns", "correction=none", "coupling=non"], "trains a correction"),
+    (["train", "problem=ns", "correction=mlp"], "correction=mlp does not apply"),
+    (["train", "problem=ns", "solver.advection=upwind"], "solver.advection"),
+    (["generate", "problem=ns", "problem.radius=-1"], "problem.radius"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_ns_input_one_line(argv, needle, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = main([*argv, f"hydra.run.dir={tmp_path}/run"] if argv[0] == "train" else argv)
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
+    assert "Traceback" not in err and needle in err, err
+    assert not (tmp_path / "data").exists(), "bad input must be rejected before any work"
+
+
+def test_cfg_job_composes_ns(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "problem=ns", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "scenario: wake" in out and "name: semi_lagrangian" in out and "name: sol" in out
+    assert main(["train", "+experiment=ns_paper", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "warmup: 1000" in out and "name: resnet_paper" in out and "- 32" in out
