@@ -90,6 +90,8 @@ class GroupedMLP(nn.Module):
                     h = act(h)
             if g == 1:
                 return h[0]
+            if n_out == 1:  # (G, batch, 1) -> (batch, G) as a view, no copy
+                return h.squeeze(-1).t()
             return h.transpose(0, 1).reshape(x.shape[0], g * n_out)
 
         return f
