@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-all lint format bench demo-lv demo-ct demo-ns clean
+.PHONY: install test test-fast lint format bench demo-lv demo-ct demo-ns clean
 
 install:  ## install hybridsim with its dev tools (editable)
 	$(PIP) install -e ".[dev]"
@@ -23,8 +23,14 @@ format:
 bench:  ## benchmarks against the named peers (needs: pip install -e ".[bench]")
 	$(PYTHON) benchmarks/run_all.py
 
-demo-lv:  ## the Lotka-Volterra UDE on its defaults
+demo-lv:  ## the Lotka-Volterra UDE on its defaults (~4 CPU-minutes)
 	hybridsim train problem=lv
+
+demo-ct:  ## learned gradient descent for CT on its CPU-sized defaults
+	hybridsim train problem=ct
+
+demo-ns:  ## solver-in-the-loop on the 2D wake, CPU-sized defaults
+	hybridsim train problem=ns
 
 clean:
 	rm -rf outputs/* multirun .pytest_cache

@@ -94,6 +94,8 @@ def run_eval(
     result["checkpoint"] = str(ckpt_path)
     result["data"] = str(path)
     write_json_atomic(result, out_dir / "metrics.json")
+    if result.get("discovery", {}).get("equations"):
+        (out_dir / "equations.txt").write_text("\n".join(result["discovery"]["equations"]) + "\n")
     return result
 
 

@@ -89,6 +89,7 @@ def test_train_writes_run_directory(trained):
         "eval/metrics.json",
         "eval/plots/trajectories.png",
         "eval/plots/learned_terms.png",
+        "eval/equations.txt",
     ):
         assert (run_dir / f).exists(), f"missing {f}"
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -252,3 +253,18 @@ def test_configs_found_after_non_editable_install(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("pkg://hybridsim.conf") and "name: ct" in proc.stdout
+
+
+def test_user_config_directory(tmp_path, capsys, monkeypatch):
+    """A user's own config directory joins the search path and can extend shipped configs."""
+    (tmp_path / "conf" / "problem").mkdir(parents=True)
+    (tmp_path / "conf" / "problem" / "my_lv.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - lv\n  - _self_\nproblem:\n  noise: 0.05\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main(["train", "--config-dir", str(tmp_path / "conf"), "problem=my_lv", "--cfg", "job"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "noise: 0.05" in out and "alpha: 1.1" in out
