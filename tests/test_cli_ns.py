@@ -90,14 +90,8 @@ BAD = [
 
 
 @pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a) for a, _ in BAD])
-def test_bad_ns_input_one_line(argv, needle, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    code = main([*argv, f"hydra.run.dir={tmp_path}/run"] if argv[0] == "train" else argv)
-    err = capsys.readouterr().err.strip()
-    assert code != 0
-    assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
-    assert "Traceback" not in err and needle in err, err
-    assert not (tmp_path / "data").exists(), "bad input must be rejected before any work"
+def test_bad_ns_input_one_line(argv, needle, expect_one_line_error):
+    expect_one_line_error(argv, needle)
 
 
 def test_cfg_job_composes_ns(tmp_path, monkeypatch, capsys):
