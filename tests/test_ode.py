@@ -8,6 +8,7 @@ import torch
 
 from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
 from hybridsim.numerics.ode import RK4, Dopri5, Euler, odeint
+from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.lotka_volterra import LotkaVolterra, first_integral, lotka_volterra_rhs
 
 CFG = LVConfig()
@@ -119,3 +120,28 @@ def test_physics_only_misses_interactions():
     u = torch.tensor([[10.0, 10.0]])
     rhs = physics.rhs(torch.zeros(()), u)
     np.testing.assert_allclose(rhs.detach().numpy(), [[1.1 * 10, -0.5 * 10]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("substeps", [1, 2])
+def test_gradient_modes_through_the_ude(substeps):
+    """Checkpointing gives full backpropagation's gradient; truncation only the same forward."""
+    model = _model("rk4")
+    model.substeps = substeps
+    t = torch.linspace(0, 1.0, 11, dtype=torch.float64)
+
+    def run(kind: str, every: int = 3):
+        model.gradient = GradientMode(kind, every)
+        model.zero_grad()
+        out = model(U0, t)
+        (out**2).sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    full_out, full_grad = run("full")
+    for kind in ("checkpoint", "truncate"):
+        out, grad = run(kind)
+        torch.testing.assert_close(out, full_out, rtol=1e-12, atol=1e-12)
+        same = all(
+            torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+            for a, b in zip(grad, full_grad, strict=True)
+        )
+        assert same == (kind == "checkpoint"), f"{kind}: gradient agreement {same}"

@@ -23,6 +23,7 @@ from torch import nn
 from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
 from hybridsim.nn.mlp import GroupedMLP
 from hybridsim.numerics.ode import Dopri5, build_solver, odeint
+from hybridsim.numerics.rollout import GradientMode, rollout
 from hybridsim.numerics.sparse_regression import format_equation, polynomial_library, stlsq
 from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
 
@@ -55,6 +56,7 @@ class LotkaVolterraModel(nn.Module):
             self.theta3 = nn.Parameter(torch.tensor(float(theta3)))
         else:
             self.register_buffer("theta3", torch.tensor(float(theta3)))
+        self.gradient = GradientMode()  # how backpropagation runs through the steps
         self.register_buffer("u_scale", u_scale.clone())
         self.register_buffer("du_scale", du_scale.clone())
 
@@ -76,8 +78,32 @@ class LotkaVolterraModel(nn.Module):
         return self.known(u) + self.network(u)
 
     def forward(self, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Trajectory ``(n_t, batch, 2)`` from ``u0 (batch, 2)`` at times ``t (n_t,)``."""
-        return odeint(self.fused_rhs(), u0, t, self.solver, self.substeps)
+        """Trajectory ``(n_t, batch, 2)`` from ``u0 (batch, 2)`` at times ``t (n_t,)``.
+
+        With a fixed-step solver and ``self.gradient`` set to ``checkpoint`` or ``truncate``
+        (the trainer sets it from the recipe), the steps run through :func:`rollout` so that
+        memory or gradient horizon follow that mode; ``t`` must then be uniformly spaced.
+        """
+        f = self.fused_rhs()
+        if self.gradient.kind == "full" or self.solver.adaptive or len(t) < 2:
+            return odeint(f, u0, t, self.solver, self.substeps)
+        dt = t[1:] - t[:-1]
+        if not torch.allclose(dt, dt[0]):
+            raise ValueError("gradient modes other than 'full' need uniformly spaced times")
+        h = float(dt[0]) / self.substeps
+
+        def step(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            u, time = state
+            return self.solver.step(f, time, u, h), time + h
+
+        saved = rollout(
+            step,
+            (u0, t[0].clone()),
+            (len(t) - 1) * self.substeps,
+            save_every=self.substeps,
+            gradient=self.gradient,
+        )
+        return torch.stack([u0, *(s[0] for s in saved)])
 
     def fused_rhs(self):
         """Same function as :meth:`rhs`, with constants folded once per trajectory: the linear
