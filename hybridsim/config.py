@@ -365,8 +365,9 @@ def typed_train_config(container: dict) -> TrainConfig:
     solver_kind = container["solver"].get("kind", "ode")
     if solver_kind not in SOLVER_SCHEMAS:
         raise ConfigError(f"unknown solver kind {solver_kind!r} in saved config")
-    top = {k: v for k, v in container.items() if k not in ("problem", "solver", "correction",
-                                                            "recipe")}
+    top = {
+        k: v for k, v in container.items() if k not in ("problem", "solver", "correction", "recipe")
+    }
     return TrainConfig(
         problem=typed_from_container(PROBLEM_SCHEMAS[problem["name"]], problem),
         solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"]),
@@ -428,14 +429,24 @@ class NSConfig:
 
     def __post_init__(self) -> None:
         p = "problem"
-        _one_of("problem.scenario", self.scenario,
-                ("wake", "wake3d", "taylor_green", "kolmogorov"))
-        _one_of("problem.reference_advection", self.reference_advection,
-                ("semi_lagrangian", "maccormack"))
-        _positive(p, factor=self.factor, radius=self.radius, dt=self.dt, n_frames=self.n_frames,
-                  n_frames_test=self.n_frames_test, val_steps=self.val_steps,
-                  eval_steps=self.eval_steps, eval_starts=self.eval_starts,
-                  inflow_velocity=self.inflow_velocity)
+        _one_of("problem.scenario", self.scenario, ("wake", "wake3d", "taylor_green", "kolmogorov"))
+        _one_of(
+            "problem.reference_advection",
+            self.reference_advection,
+            ("semi_lagrangian", "maccormack"),
+        )
+        _positive(
+            p,
+            factor=self.factor,
+            radius=self.radius,
+            dt=self.dt,
+            n_frames=self.n_frames,
+            n_frames_test=self.n_frames_test,
+            val_steps=self.val_steps,
+            eval_steps=self.eval_steps,
+            eval_starts=self.eval_starts,
+            inflow_velocity=self.inflow_velocity,
+        )
         _non_negative(p, warmup=self.warmup, perturbation=self.perturbation)
         for n in self.resolution:
             if n < 2:
@@ -457,7 +468,6 @@ class NSConfig:
             )
 
 
-
 @dataclass
 class FluidSolverConfig:
     """A Navier–Stokes step (``numerics.fluid``): advection scheme and pressure-solve tolerances
@@ -472,7 +482,6 @@ class FluidSolverConfig:
     def __post_init__(self) -> None:
         _one_of("solver.advection", self.advection, ("semi_lagrangian", "maccormack"))
         _positive("solver", rtol=self.rtol, grad_rtol=self.grad_rtol)
-
 
 
 PROBLEM_SCHEMAS["ns"] = NSConfig

@@ -145,3 +145,15 @@ def test_gradient_modes_through_the_ude(substeps):
             for a, b in zip(grad, full_grad, strict=True)
         )
         assert same == (kind == "checkpoint"), f"{kind}: gradient agreement {same}"
+
+
+@pytest.mark.parametrize("coupling", ["rhs", "blackbox"])
+def test_fused_rhs_equals_plain_rhs(coupling):
+    """The fast path (scales folded into the weights) computes the same function."""
+    problem = LotkaVolterra(CFG)
+    train = problem.generate("train", 1)
+    corr = CorrectionConfig(name="mlp", kind="mlp", width=[16, 8], init_scale=1.0)
+    model = problem.build_model(ODESolverConfig(name="rk4"), corr, coupling, train).double()
+    u = torch.rand(33, 2, dtype=torch.float64) * torch.tensor([29.0, 11.0])
+    fast = model.fused_rhs()(0.0, u)
+    torch.testing.assert_close(fast, model.rhs(torch.zeros(()), u), rtol=1e-12, atol=1e-12)

@@ -75,15 +75,13 @@ class GroupedMLP(nn.Module):
         out = out_scale.reshape(g, 1, n_out)
         ws[0] = ws[0] / in_scale.reshape(1, -1, 1)
         ws[-1], bs[-1] = ws[-1] * out, bs[-1] * out
-        # First layer for all groups as one matmul: (batch, in) @ (in, G*width).
-        w0 = ws[0].permute(1, 0, 2).reshape(self.in_features, -1)
-        b0 = bs[0].reshape(1, -1)
+        w0, b0 = ws[0], bs[0]
         hidden = list(zip(ws[1:], bs[1:], strict=True))
         last = len(hidden) - 1
-        width0 = ws[0].shape[-1]
 
         def f(x: torch.Tensor) -> torch.Tensor:
-            h = act(torch.addmm(b0, x, w0)).view(x.shape[0], g, width0).transpose(0, 1)
+            # (G, batch, width) from the start: every layer one batched multiply-add, no copies.
+            h = act(torch.baddbmm(b0, x.expand(g, *x.shape), w0))
             for i, (w, b) in enumerate(hidden):
                 h = torch.baddbmm(b, h, w)
                 if i < last:
