@@ -53,3 +53,22 @@ def test_format_equation():
 def test_bad_library_degree():
     with pytest.raises(ValueError, match="degree"):
         polynomial_library(np.ones((3, 2)), 0, ("x", "y"))
+
+
+def test_selection_recovers_a_term_that_one_threshold_cuts(orbit):
+    """A threshold above γ = 0.1 makes one STLSQ pass cut γxy; scanning thresholds and keeping
+    the sparsest adequate fit recovers the true model, also from an inexact learned term."""
+    from hybridsim.numerics.sparse_regression import stlsq_select
+
+    cfg, u, f = orbit
+    rng = np.random.default_rng(0)
+    theta, terms = polynomial_library(u, 3, ("x", "y"))
+    # A learned term is not exactly polynomial: a smooth 3 % error along the orbit.
+    learned = f * (1 + 0.03 * np.sin(np.linspace(0, 7, len(f))))[:, None]
+    learned += 1e-3 * rng.standard_normal(f.shape)
+    plain = stlsq(theta, learned, threshold=0.15)
+    assert plain[terms.index("x y"), 1] == 0, "premise: one pass at 0.15 cuts γ"
+    xi = stlsq_select(theta, learned, threshold=0.15)
+    support = {(terms[i], int(j)) for i, j in zip(*np.nonzero(xi), strict=True)}
+    assert support == {("x", 0), ("x y", 0), ("y", 1), ("x y", 1)}, support
+    assert xi[terms.index("x y"), 1] == pytest.approx(cfg.gamma, rel=0.05)

@@ -85,6 +85,43 @@ def stlsq(
     return xi[:, 0] if one_d else xi
 
 
+def stlsq_select(
+    theta: np.ndarray,
+    target: np.ndarray,
+    threshold: float,
+    factors: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    tolerance: float = 0.05,
+    max_iter: int = 20,
+) -> np.ndarray:
+    """STLSQ over the thresholds ``threshold * factors``, keeping for each equation the
+    sparsest model whose relative residual ``|theta xi - f| / |f|`` is within ``tolerance``
+    of the best candidate's (ties: the smaller residual).
+
+    A single threshold is fragile when the samples lie on a curve (a limit cycle): the
+    library's columns are then nearly collinear, the first full least-squares fit spreads a
+    true coefficient over its neighbours, and STLSQ can cut it (γ = 0.1 against a threshold
+    of 0.05). A too-sparse model shows in its residual; extra terms that only fit the
+    network's small errors are not worth their complexity (the Pareto-front choice of
+    Brunton et al., PNAS 2016).
+    """
+    theta = np.asarray(theta, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    one_d = target.ndim == 1
+    target = target[:, None] if one_d else target
+    best = np.zeros((theta.shape[1], target.shape[1]))
+    for j in range(target.shape[1]):
+        norm = max(float(np.linalg.norm(target[:, j])), 1e-300)
+        candidates = []
+        for f in factors:
+            xi = stlsq(theta, target[:, j], threshold * f, max_iter=max_iter)
+            err = float(np.linalg.norm(theta @ xi - target[:, j])) / norm
+            candidates.append((int(np.count_nonzero(xi)), err, xi))
+        floor = min(err for _, err, _ in candidates)
+        fit = [c for c in candidates if c[1] <= floor + tolerance]
+        best[:, j] = min(fit, key=lambda c: (c[0], c[1]))[2]
+    return best[:, 0] if one_d else best
+
+
 def _solve(a: np.ndarray, b: np.ndarray, ridge: float) -> np.ndarray:
     if ridge > 0:
         return np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ b)

@@ -24,7 +24,11 @@ from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
 from hybridsim.nn.mlp import GroupedMLP
 from hybridsim.numerics.ode import Dopri5, build_solver, odeint
 from hybridsim.numerics.rollout import GradientMode, rollout
-from hybridsim.numerics.sparse_regression import format_equation, polynomial_library, stlsq
+from hybridsim.numerics.sparse_regression import (
+    format_equation,
+    polynomial_library,
+    stlsq_select,
+)
 from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
 
 
@@ -304,7 +308,7 @@ class LotkaVolterra(Problem):
         with torch.no_grad():
             f = model.rhs(torch.zeros(()), u).double().cpu().numpy()
         theta, terms = polynomial_library(states, cfg.library_degree, ("x", "y"))
-        xi = stlsq(theta, f, cfg.threshold)
+        xi = stlsq_select(theta, f, cfg.threshold)
         coef = {
             lhs: dict(zip(terms, xi[:, j].tolist(), strict=True))
             for j, lhs in enumerate(("dx/dt", "dy/dt"))
