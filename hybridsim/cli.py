@@ -102,6 +102,7 @@ def _train(cfg) -> str:
     from omegaconf import OmegaConf
 
     from hybridsim.config import to_typed
+    from hybridsim.data import write_text_atomic
     from hybridsim.evaluate import print_table, run_eval
     from hybridsim.problems.base import registered
     from hybridsim.train import run_training
@@ -112,7 +113,7 @@ def _train(cfg) -> str:
     problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
     run_dir = _output_dir()
     container = OmegaConf.to_container(cfg, resolve=True)
-    _write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
+    write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
     print(f"run directory: {run_dir}", flush=True)
     run_training(typed, run_dir, container)
     if typed.evaluate:
@@ -135,16 +136,6 @@ def _eval(cfg) -> dict:
     print_table(result)
     print(f"evaluation: {Path(typed.run) / 'eval' / 'metrics.json'}")
     return result
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _one_line(e: BaseException) -> str:

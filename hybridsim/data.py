@@ -20,7 +20,8 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,41 +55,58 @@ def data_path(problem: Problem, data_dir: str | Path) -> Path:
     return Path(data_dir) / f"{problem.name}-{config_hash(problem.data_config())}.h5"
 
 
-def write_dataset(path: Path, problem: Problem, splits: Mapping[str, SplitData]) -> Path:
-    """Write ``splits`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path in ``path``'s folder; on success rename it to ``path``.
+
+    Readers see either the old file or the complete new one, never a half-written file; on any
+    error (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["hybridsim_version"] = __version__
-            f.attrs["problem"] = problem.name
-            f.attrs["config_hash"] = config_hash(problem.data_config())
-            f.attrs["config"] = yaml.safe_dump(problem.data_config(), sort_keys=True)
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            f.attrs["seeds"] = json.dumps(split_seeds(problem))
-            for split, data in splits.items():
-                g = f.create_group(split)
-                g.attrs["seed"] = split_seeds(problem)[split]
-                for name, value in data.attrs.items():
-                    g.attrs[name] = value
-                n = None
-                for name, arr in data.arrays.items():
-                    arr = np.ascontiguousarray(arr)
-                    n = len(arr)
-                    chunks = (1, *arr.shape[1:]) if arr.ndim > 1 else None
-                    g.create_dataset(name, data=arr, chunks=chunks)
-                g.attrs["n_samples"] = n or 0
-                c = g.create_group("coords")
-                for name, arr in data.coords.items():
-                    c.create_dataset(name, data=np.asarray(arr))
-            f.attrs["complete"] = True
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_dataset(path: Path, problem: Problem, splits: Mapping[str, SplitData]) -> Path:
+    """Write ``splits`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    settings, seeds = problem.data_config(), split_seeds(problem)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["hybridsim_version"] = __version__
+        f.attrs["problem"] = problem.name
+        f.attrs["config_hash"] = config_hash(settings)
+        f.attrs["config"] = yaml.safe_dump(settings, sort_keys=True)
+        f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        f.attrs["seeds"] = json.dumps(seeds)
+        for split, data in splits.items():
+            g = f.create_group(split)
+            g.attrs["seed"] = seeds[split]
+            for name, value in data.attrs.items():
+                g.attrs[name] = value
+            n = None
+            for name, arr in data.arrays.items():
+                arr = np.ascontiguousarray(arr)
+                n = len(arr)
+                chunks = (1, *arr.shape[1:]) if arr.ndim > 1 else None
+                g.create_dataset(name, data=arr, chunks=chunks)
+            g.attrs["n_samples"] = n or 0
+            c = g.create_group("coords")
+            for name, arr in data.coords.items():
+                c.create_dataset(name, data=np.asarray(arr))
+        f.attrs["complete"] = True
     return path
 
 
@@ -127,15 +145,10 @@ def read_split(path: str | Path, split: str) -> SplitData:
     return SplitData(arrays=arrays, coords=coords, attrs=attrs)
 
 
-def check_file(path: Path, problem: Problem) -> bool:
-    """True when ``path`` holds complete data for exactly this problem config."""
-    try:
-        with _open(path) as f:
-            return f.attrs.get("config_hash") == config_hash(problem.data_config()) and all(
-                s in f for s in SPLITS
-            )
-    except DataError:
-        return False
+def _matches(f: h5py.File, problem: Problem) -> bool:
+    return f.attrs.get("config_hash") == config_hash(problem.data_config()) and all(
+        s in f for s in SPLITS
+    )
 
 
 def ensure_dataset(
@@ -148,9 +161,11 @@ def ensure_dataset(
     """
     path = data_path(problem, data_dir)
     if path.exists() and not force:
-        _open(path).close()  # raises DataError with a clear message if corrupt
-        if not check_file(path, problem):
-            raise DataError(f"data file {path} does not match this config; delete it or force=true")
+        with _open(path) as f:  # raises DataError with a clear message if corrupt
+            if not _matches(f, problem):
+                raise DataError(
+                    f"data file {path} does not match this config; delete it or force=true"
+                )
         return path, False
     seeds = split_seeds(problem)
     splits = {s: problem.generate(s, seeds[s]) for s in SPLITS}

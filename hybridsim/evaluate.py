@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import torch
 import yaml
 
 from hybridsim.config import TrainConfig, resolve_device, typed_train_config
-from hybridsim.data import data_path, read_split
+from hybridsim.data import data_path, read_split, write_text_atomic
 from hybridsim.problems.base import Problem, registered
 from hybridsim.train import load_checkpoint
 
@@ -44,11 +42,7 @@ def _finite(obj: Any) -> Any:
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_finite(obj), f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(_finite(obj), indent=2))
 
 
 def run_eval(
@@ -95,7 +89,9 @@ def run_eval(
     result["data"] = str(path)
     write_json_atomic(result, out_dir / "metrics.json")
     if result.get("discovery", {}).get("equations"):
-        (out_dir / "equations.txt").write_text("\n".join(result["discovery"]["equations"]) + "\n")
+        write_text_atomic(
+            out_dir / "equations.txt", "\n".join(result["discovery"]["equations"]) + "\n"
+        )
     return result
 
 

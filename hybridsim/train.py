@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import torch
 from torch import nn
 
 from hybridsim.config import RecipeConfig
+from hybridsim.data import atomic_path
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import Problem
 
@@ -33,16 +32,9 @@ class TrainingDiverged(RuntimeError):
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """``torch.save`` through a temporary file and a rename (see ``data.atomic_path``)."""
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -79,7 +71,6 @@ def unroll_at(recipe: RecipeConfig, step: int) -> int:
 class FitResult:
     step: int
     best: float
-    status: str  # "completed" | "diverged"
     seconds: float
 
 
@@ -173,7 +164,7 @@ def fit(
     if not params:  # nothing to learn (e.g. the solver alone with fixed physics)
         save_atomic(_state(model, None, None, 0, "done", float("nan"), None, config, True), last)
         save_atomic(load_checkpoint(last), best_path)
-        return FitResult(0, float("nan"), "completed", 0.0)
+        return FitResult(0, float("nan"), 0.0)
 
     if isinstance(getattr(model, "gradient", None), GradientMode):
         # a model that unrolls its own loop takes the recipe's gradient mode
@@ -190,7 +181,7 @@ def fit(
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
         if ck.get("done"):
-            return FitResult(ck["step"], ck["best"], "completed", 0.0)
+            return FitResult(ck["step"], ck["best"], 0.0)
         step, best, phase = ck["step"], ck["best"], ck["phase"]
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -293,7 +284,7 @@ def fit(
         checkpoint(done=True)
     finally:
         bar.close()
-    return FitResult(step, best, "completed", time.perf_counter() - t0)
+    return FitResult(step, best, time.perf_counter() - t0)
 
 
 def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
@@ -340,7 +331,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints).
     """
     from hybridsim.config import resolve_device
-    from hybridsim.data import data_path, ensure_dataset, read_split
+    from hybridsim.data import ensure_dataset, read_split
     from hybridsim.problems.base import registered
 
     torch.manual_seed(cfg.seed)
@@ -356,7 +347,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     )
     train_data = train_split.tensors(device, dtype)
     val_data = val_split.tensors(device, dtype)
-    meta = _meta(cfg, data_path(problem, cfg.data_dir), device)
+    meta = _meta(cfg, path, device)
     _write_meta(run_dir, meta, "running")
     results: dict[str, FitResult] = {}
     try:
