@@ -67,15 +67,21 @@ class LVConfig:
     theta3_init: float = 0.5
     learn_theta3: bool = True
     val_window: int = 20  # validation loss: every window of this many intervals
-    # Equation discovery on the learned terms.
+    # Equation discovery on the learned right-hand side (polynomial library of this degree).
+    # simulate: best-subset + STLSQ-path candidates validated by simulation and BIC;
+    # stlsq: STLSQ over a threshold scan alone (for comparison).
+    discovery: str = "simulate"
     library_degree: int = 3
-    threshold: float = 0.05
+    max_terms: int = 4  # best-subset candidates: up to this many terms per equation
+    threshold: float = 0.05  # STLSQ threshold (the scan covers 0.25x-4x of it)
 
     def __post_init__(self) -> None:
         p = "problem"
         _positive(p, t_train=self.t_train, t_test=self.t_test, dt_obs=self.dt_obs)
         _positive(p, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         _positive(p, x0=self.x0, y0=self.y0, library_degree=self.library_degree)
+        _positive(p, max_terms=self.max_terms)
+        _one_of("problem.discovery", self.discovery, ("simulate", "stlsq"))
         _positive(p, val_window=self.val_window)
         _non_negative(p, noise=self.noise, threshold=self.threshold, theta3_init=self.theta3_init)
         _non_negative(p, alpha=self.alpha, beta=self.beta, gamma=self.gamma, delta=self.delta)

@@ -110,8 +110,15 @@ def print_table(result: dict[str, Any]) -> None:
         table.add_row(m, *(_fmt(row.get(m)) for row in table_data.values()))
     console = Console(width=max(100, 16 * (len(table_data) + 2)))
     console.print(table)
-    for eq in result.get("discovery", {}).get("equations", []):
+    discovery = result.get("discovery", {})
+    for eq in discovery.get("equations", []):
         console.print(f"discovered: {eq}")
+    if "structure_found" in discovery:
+        console.print(
+            "structure: found (the true terms and only those)"
+            if discovery["structure_found"]
+            else "structure: NOT found; true: " + "; ".join(discovery["true_equations"])
+        )
 
 
 def _fmt(v: Any) -> str:

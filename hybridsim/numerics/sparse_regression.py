@@ -15,6 +15,27 @@ from itertools import combinations_with_replacement
 import numpy as np
 
 
+def monomial_exponents(n_vars: int, degree: int) -> np.ndarray:
+    """Powers ``(n_terms, n_vars)`` of every monomial up to ``degree``, constant first, then by
+    total degree (``1, x, y, x^2, x y, y^2, …`` for two variables)."""
+    if degree < 1:
+        raise ValueError(f"library degree must be >= 1, got {degree}")
+    rows = [[0] * n_vars]
+    for k in range(1, degree + 1):
+        for combo in combinations_with_replacement(range(n_vars), k):
+            rows.append([combo.count(i) for i in range(n_vars)])
+    return np.array(rows, dtype=np.int64)
+
+
+def term_names(exponents: np.ndarray, names: Sequence[str]) -> list[str]:
+    """``"1"``, ``"x"``, ``"x y"``, ``"x^2 y"``, … for the rows of ``exponents``."""
+    out = []
+    for powers in exponents:
+        parts = [n if p == 1 else f"{n}^{p}" for n, p in zip(names, powers, strict=True) if p]
+        out.append(" ".join(parts) or "1")
+    return out
+
+
 def polynomial_library(
     u: np.ndarray, degree: int, names: Sequence[str]
 ) -> tuple[np.ndarray, list[str]]:
@@ -26,24 +47,15 @@ def polynomial_library(
         names: one name per column (``("x", "y")``).
     Returns:
         ``(theta, terms)``: ``theta`` is ``(n, n_terms)``; ``terms`` names each column
-        (``"1"``, ``"x"``, ``"x y"``, ``"x^2 y"``, …).
+        (``"1"``, ``"x"``, ``"x y"``, ``"x^2 y"``, …), in the order of
+        :func:`monomial_exponents`.
     """
     u = np.asarray(u, dtype=np.float64)
-    if degree < 1:
-        raise ValueError(f"library degree must be >= 1, got {degree}")
     if u.ndim != 2 or u.shape[1] != len(names):
         raise ValueError(f"u must be (n, {len(names)}), got {u.shape}")
-    columns, terms = [np.ones(len(u))], ["1"]
-    for k in range(1, degree + 1):
-        for combo in combinations_with_replacement(range(u.shape[1]), k):
-            columns.append(np.prod(u[:, combo], axis=1))
-            powers = [combo.count(i) for i in range(u.shape[1])]
-            terms.append(
-                " ".join(
-                    names[i] if p == 1 else f"{names[i]}^{p}" for i, p in enumerate(powers) if p
-                )
-            )
-    return np.stack(columns, axis=1), terms
+    exponents = monomial_exponents(u.shape[1], degree)
+    theta = np.prod(u[:, None, :] ** exponents[None], axis=2)
+    return theta, term_names(exponents, names)
 
 
 def stlsq(
