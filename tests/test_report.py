@@ -299,7 +299,7 @@ def test_booleans_as_rates_and_non_finite_counted(tmp_path, capsys):
     files = write_report(report, tmp_path / "out")
     assert {p.name for p in files} >= {"structure_found.png", "err.png", "report.csv"}
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "| group | hybrid |" in md and "| problem=lv | 2/3 |" in md
+    assert "| group | hybrid |" in md and "| all runs | 2/3 |" in md
     assert "0.2 [0.1, 0.3] (2/3, 1 non-finite)" in md  # the headline cell of err, model hybrid
     with (tmp_path / "out" / "report.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

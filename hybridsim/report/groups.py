@@ -69,7 +69,7 @@ class Stat:
 @dataclass
 class Group:
     name: str  # "problem=lv problem.noise=0.05", "(defaults)" when no key
-    label: str  # only the keys that differ between groups (the name when none do)
+    label: str  # only the keys that differ between groups ("all runs" when none do)
     settings: dict[str, str | None]  # key -> value as written, None where a run lacks the key
     runs: list[Run]  # the used runs
     stats: dict[str, dict[str, Stat]]  # model -> metric -> Stat
@@ -176,7 +176,8 @@ def build_report(
     groups: dict[str, Group] = {}
     for r in runs:
         r.group = group_name(shown[id(r)])
-        r.label = group_name({k: shown[id(r)][k] for k in label_keys}) if label_keys else r.group
+        # One group: its settings are all common, shown once above the tables.
+        r.label = group_name({k: shown[id(r)][k] for k in label_keys}) if label_keys else "all runs"
         if r.status != USED:
             continue
         if r.group not in groups:
