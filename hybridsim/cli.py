@@ -1,4 +1,5 @@
-"""The ``hybridsim`` console script: ``generate | train | eval``, each a Hydra application.
+"""The ``hybridsim`` console script: ``generate | train | eval``, each a Hydra application, and
+``report`` (plain arguments: directories; see ``hybridsim.report``).
 
 This module and ``config.py`` are the only ones that touch Hydra/OmegaConf. Errors are turned
 into one line on stderr and a non-zero exit (``HYBRIDSIM_DEBUG=1`` shows the traceback).
@@ -14,6 +15,7 @@ from typing import Any
 
 USAGE = """\
 usage: hybridsim <command> [overrides ...] [--help] [--cfg job] [-m]
+       hybridsim report DIR [DIR ...] [by=KEY,...] [ignore=KEY,...] [out=DIR]
 
 Hybrid differentiable-physics models: a classical solver with a neural network in its loop,
 trained end to end through the unrolled solver.
@@ -22,18 +24,22 @@ commands:
   generate   write a problem's reference data (train/val/test) to HDF5
   train      train a hybrid model (generates missing data first), then evaluate it
   eval       score a trained run against the solver alone, the baselines and the reference
+  report     aggregate runs (a sweep, several sweeps) into tables and plots: median, range, n
 
 examples:
   hybridsim train problem=lv
   hybridsim train -m problem=lv correction=none,mlp seed=0,1
   hybridsim eval run=outputs/train/<date>/<time>
+  hybridsim report outputs/train-multirun/<date>/<time>
   hybridsim train --help          (config groups and options of a command)
   hybridsim train --cfg job       (the composed config, without running)
+  hybridsim report --help         (grouping and the files it writes)
 
 Set HYBRIDSIM_DEBUG=1 to see full tracebacks.
 """
 
-COMMANDS = ("generate", "train", "eval")
+HYDRA_COMMANDS = ("generate", "train", "eval")
+COMMANDS = (*HYDRA_COMMANDS, "report")
 EXIT_USAGE, EXIT_ERROR = 2, 1
 
 
@@ -72,10 +78,24 @@ def _hydra_app(command: str):
             # Report here: past this point Hydra would print its own multi-line notice.
             if os.environ.get("HYBRIDSIM_DEBUG"):
                 raise
-            print(f"hybridsim {command}: error: {_one_line(e)}", file=sys.stderr)
+            line = f"hybridsim {command}: error: {_one_line(e)}"
+            print(line, file=sys.stderr)
+            _log_to_file(line)
             raise SystemExit(EXIT_ERROR) from None
 
     return app
+
+
+def _log_to_file(line: str) -> None:
+    """Put the error line into the job's log file as well (``<run>/train.log``, Hydra's file
+    handler; not the console, which has it already): the one place a failed job of a sweep
+    keeps why it failed, for ``hybridsim report``."""
+    import logging
+
+    record = logging.LogRecord("hybridsim", logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _output_dir() -> Path:
@@ -203,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             # Completion queries call `hybridsim -sc query=bash` with the whole line in COMP_LINE:
             # move the command word out of the line and dispatch to that command's app.
             words = completion.split()
-            cmd = next((w for w in words[1:] if w in COMMANDS), None)
+            cmd = next((w for w in words[1:] if w in HYDRA_COMMANDS), None)
             if cmd is None:
                 print("\n".join(COMMANDS))
                 return 0
@@ -217,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             )
             return EXIT_USAGE
     command, rest = argv[0], argv[1:]
+    if command == "report":  # not a Hydra app: its arguments are directories
+        from hybridsim.report import main as report_main
+
+        return report_main(rest)
     # We print errors ourselves, as one line; Hydra then re-raises instead of printing.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:

@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +28,7 @@ import torch
 import yaml
 
 from hybridsim import __version__
+from hybridsim.atomic import atomic_path, write_text_atomic  # noqa: F401  (re-exported)
 from hybridsim.problems.base import SPLITS, Problem, SplitData
 
 SCHEMA_VERSION = 1
@@ -53,30 +51,6 @@ def split_seeds(problem: Problem) -> dict[str, int]:
 
 def data_path(problem: Problem, data_dir: str | Path) -> Path:
     return Path(data_dir) / f"{problem.name}-{config_hash(problem.data_config())}.h5"
-
-
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s folder; on success rename it to ``path``.
-
-    Readers see either the old file or the complete new one, never a half-written file; on any
-    error (Ctrl-C included) the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
 
 
 def write_dataset(path: Path, problem: Problem, splits: Mapping[str, SplitData]) -> Path:

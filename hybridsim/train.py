@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -403,10 +404,26 @@ def _meta(cfg: Any, path: Path, device: torch.device) -> dict[str, Any]:
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "device": str(device),
+        "host": platform.node(),
+        "cpu": _cpu_name(),
+        "pid": os.getpid(),  # with host and started: `hybridsim report` tells running from dead
         "data": str(path),
         "data_hash": path.stem.rsplit("-", 1)[-1],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def _cpu_name() -> str:
+    """The processor's model name (``platform.processor()`` is often just the architecture)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _write_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
