@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-fast lint format bench demo-lv demo-ct demo-ns clean
+.PHONY: install test test-fast lint format bench results demo-lv demo-ct demo-ns clean
 
 install:  ## install hybridsim with its dev tools (editable)
 	$(PIP) install -e ".[dev]"
@@ -13,8 +13,8 @@ test-fast:  ## skip the tests marked slow
 	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
-	$(PYTHON) -m ruff check hybridsim tests benchmarks
-	$(PYTHON) -m ruff format --check hybridsim tests benchmarks
+	$(PYTHON) -m ruff check hybridsim tests benchmarks docs/results
+	$(PYTHON) -m ruff format --check hybridsim tests benchmarks docs/results
 
 format:
 	$(PYTHON) -m ruff format hybridsim tests benchmarks
@@ -22,6 +22,9 @@ format:
 
 bench:  ## benchmarks against the named peers (needs: pip install -e ".[bench]")
 	$(PYTHON) benchmarks/run_all.py
+
+results:  ## the sweeps behind every README figure, their reports, the README's result blocks
+	$(PYTHON) docs/results/make_results.py $(RESULTS_ARGS)
 
 demo-lv:  ## the Lotka-Volterra UDE on its defaults (~4 CPU-minutes)
 	hybridsim train problem=lv

@@ -66,6 +66,10 @@ class LVConfig:
     # Model: θ₃ (the predator death rate seen by the UDE) is learned from this starting value.
     theta3_init: float = 0.5
     learn_theta3: bool = True
+    # NN₁ = x·g₁(x, y), NN₂ = y·g₂(x, y): the UDE's networks learn per-capita rates, so a
+    # population at zero stays at zero (Kolmogorov form); false: NN₁, NN₂ are the terms
+    # themselves (Rackauckas et al.). The black box is never constrained.
+    per_capita: bool = True
     val_window: int = 20  # validation loss: every window of this many intervals
     # Equation discovery on the learned right-hand side (polynomial library of this degree).
     # simulate: best-subset + STLSQ-path candidates validated by simulation and BIC;

@@ -147,13 +147,30 @@ def test_gradient_modes_through_the_ude(substeps):
         assert same == (kind == "checkpoint"), f"{kind}: gradient agreement {same}"
 
 
+@pytest.mark.parametrize("per_capita", [True, False])
 @pytest.mark.parametrize("coupling", ["rhs", "blackbox"])
-def test_fused_rhs_equals_plain_rhs(coupling):
+def test_fused_rhs_equals_plain_rhs(coupling, per_capita):
     """The fast path (scales folded into the weights) computes the same function."""
-    problem = LotkaVolterra(CFG)
+    problem = LotkaVolterra(LVConfig(per_capita=per_capita))
     train = problem.generate("train", 1)
     corr = CorrectionConfig(name="mlp", kind="mlp", width=[16, 8], init_scale=1.0)
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, coupling, train).double()
     u = torch.rand(33, 2, dtype=torch.float64) * torch.tensor([29.0, 11.0])
     fast = model.fused_rhs()(0.0, u)
     torch.testing.assert_close(fast, model.rhs(torch.zeros(()), u), rtol=1e-12, atol=1e-12)
+
+
+def test_per_capita_networks_keep_extinct_populations_at_zero():
+    """NN₁ = x·g₁, NN₂ = y·g₂: dx/dt = 0 where x = 0 and dy/dt = 0 where y = 0, whatever the
+    network (the unconstrained form does not)."""
+    corr = CorrectionConfig(name="mlp", kind="mlp", width=[16], init_scale=1.0)
+    u = torch.tensor([[0.0, 3.0], [2.0, 0.0]], dtype=torch.float64)
+    for per_capita in (True, False):
+        problem = LotkaVolterra(LVConfig(per_capita=per_capita))
+        model = problem.build_model(
+            ODESolverConfig(name="rk4"), corr, "rhs", problem.generate("train", 1)
+        ).double()
+        with torch.no_grad():
+            f = model.rhs(torch.zeros(()), u)
+        zero = bool(f[0, 0] == 0 and f[1, 1] == 0)
+        assert zero == per_capita, f"per_capita={per_capita}: {f}"

@@ -52,9 +52,11 @@ class LotkaVolterraModel(nn.Module):
         substeps: int,
         u_scale: torch.Tensor,
         du_scale: torch.Tensor,
+        per_capita: bool = False,
     ) -> None:
         super().__init__()
         self.coupling = coupling
+        self.per_capita = per_capita
         self.solver, self.substeps = solver, substeps
         self.correction = correction
         self.register_buffer("alpha", torch.tensor(float(alpha)))
@@ -74,6 +76,8 @@ class LotkaVolterraModel(nn.Module):
         """The correction's contribution to du/dt (zero when there is no correction)."""
         if self.correction is None:
             return torch.zeros_like(u)
+        if self.per_capita:  # u ⊙ g(u): a population at zero stays at zero
+            return u * (self.du_scale / self.u_scale) * self.correction(u / self.u_scale)
         return self.du_scale * self.correction(u / self.u_scale)
 
     def rhs(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -117,6 +121,9 @@ class LotkaVolterraModel(nn.Module):
         coef = torch.stack((self.alpha, -self.theta3))
         if self.correction is None:
             return lambda t, u: u * coef
+        if self.per_capita:
+            rate = self.correction.scaled(self.u_scale, self.du_scale / self.u_scale)
+            return lambda t, u: u * (rate(u) + coef)
         net = self.correction.scaled(self.u_scale, self.du_scale)
         if self.coupling == "blackbox":
             return lambda t, u: net(u)
@@ -153,6 +160,7 @@ class LotkaVolterra(Problem):
             "theta3_init",
             "learn_theta3",
             "val_window",
+            "per_capita",
             "library_degree",
             "threshold",
             "discovery",
@@ -220,6 +228,7 @@ class LotkaVolterra(Problem):
             solver.substeps,
             u_scale.float(),
             du_scale.float(),
+            self.cfg.per_capita and coupling == "rhs",
         )
 
     def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
