@@ -10,8 +10,8 @@
 Each experiment is a `hybridsim train -m` sweep over ``seed = problem.seed_train = 1..n`` into
 ``outputs/results/<name>/<time>/``; its report goes to ``docs/results/<name>/`` (report.md,
 report.csv, report.json, plots, and sweep.json: the command, the commit, the wall time). The
-README's blocks between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` are
-generated from the reports, so no figure in them is typed in.
+blocks between ``<!-- results:<block> -->`` and ``<!-- /results:<block> -->`` in README.md and
+docs/*.md are generated from the reports, so no figure in them is typed in.
 """
 
 from __future__ import annotations
@@ -67,9 +67,47 @@ EXPERIMENTS = [
         "lv-noise5", "`problem.noise=0.05`", ["problem=lv", "problem.noise=0.05"], rows=LV_ROWS
     ),
     Experiment("lv-noise0", "`problem.noise=0`", ["problem=lv", "problem.noise=0"], rows=LV_ROWS),
+    Experiment(
+        "lv-unconstrained",
+        "`problem.per_capita=false` (the paper's unconstrained NN₁, NN₂)",
+        ["problem=lv", "problem.per_capita=false"],
+        seeds=5,
+        rows=LV_ROWS,
+    ),
+    Experiment(
+        "lv-small-orbit",
+        "a small orbit near the equilibrium (4, 2.75): `problem.x0=5 problem.y0=3.5`",
+        ["problem=lv", "problem.x0=5", "problem.y0=3.5"],
+        seeds=3,
+        rows=LV_ROWS,
+    ),
+    Experiment(
+        "lv-paper",
+        "the paper's parameters, initial condition, window and noise: `problem.alpha=1.3 "
+        "problem.beta=0.9 problem.gamma=0.8 problem.delta=1.8 problem.x0=0.44249296 "
+        "problem.y0=4.6280594 problem.t_train=3 problem.t_test=6 problem.noise=0.05`",
+        [
+            "problem=lv",
+            "problem.alpha=1.3",
+            "problem.beta=0.9",
+            "problem.gamma=0.8",
+            "problem.delta=1.8",
+            "problem.x0=0.44249296",
+            "problem.y0=4.6280594",
+            "problem.t_train=3",
+            "problem.t_test=6",
+            "problem.noise=0.05",
+        ],
+        seeds=3,
+        rows=LV_ROWS,
+    ),
 ]
-# README blocks: block name -> experiments shown in it
-BLOCKS = {"lv": ["lv", "lv-noise5", "lv-noise0"]}
+# Generated blocks: (file, block name) -> the experiments shown in it
+BLOCKS = {
+    ("README.md", "lv"): ["lv", "lv-noise5", "lv-noise0"],
+    ("docs/lv.md", "lv-unconstrained"): ["lv-unconstrained"],
+    ("docs/lv.md", "lv-other-cases"): ["lv-small-orbit", "lv-paper"],
+}
 
 
 def git_sha() -> str:
@@ -187,7 +225,7 @@ def provenance(result: dict) -> str:
 def write_block(readme: str, block: str, text: str) -> str:
     start, end = f"<!-- results:{block} -->", f"<!-- /results:{block} -->"
     if start not in readme or end not in readme:
-        raise SystemExit(f"make results: README.md has no {start} … {end} block")
+        raise SystemExit(f"make results: no {start} … {end} block to write")
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
     return f"{head}{start}\n{text}\n{end}{tail}"
@@ -211,24 +249,25 @@ def main() -> int:
             continue
         sweep = latest_sweep(exp, out_root) if args.reuse else run_sweep(exp, args.jobs, out_root)
         results[exp.name] = report_sweep(exp, sweep)
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
-    for block, names in BLOCKS.items():
+    done = []
+    for (file, block), names in BLOCKS.items():
         if not all(n in results for n in names):
             continue  # a block is rewritten only when all its experiments were reported now
         parts = []
         for name in names:
             exp = next(e for e in EXPERIMENTS if e.name == name)
             res = results[name]
-            parts.append(
-                f"**{exp.title}**, median [min, max] (n): "
-                f"[report](docs/results/{name}/report.md)\n\n{table(exp, res)}\n\n"
-                f"<sub>{provenance(res)}</sub>\n"
+            link = os.path.relpath(
+                ROOT / "docs" / "results" / name / "report.md", (ROOT / file).parent
             )
-        readme = write_block(readme, block, "\n".join(parts))
-    readme_path.write_text(readme)
-    done = [b for b, names in BLOCKS.items() if all(n in results for n in names)]
-    print("README.md result blocks rewritten:", ", ".join(done) or "none")
+            parts.append(
+                f"**{exp.title}**, median [min, max] (n): [report]({link})\n\n"
+                f"{table(exp, res)}\n\n<sub>{provenance(res)}</sub>\n"
+            )
+        path = ROOT / file
+        path.write_text(write_block(path.read_text(), block, "\n".join(parts)))
+        done.append(f"{file}:{block}")
+    print("result blocks rewritten:", ", ".join(done) or "none")
     return 0
 
 
