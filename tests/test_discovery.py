@@ -242,7 +242,19 @@ class _FakeUDE:
 
 @pytest.mark.parametrize(
     "params",
-    [{}, {"alpha": 1.3, "beta": 0.9, "gamma": 0.8, "delta": 1.8, "x0": 0.44, "y0": 4.6}],
+    [
+        {},
+        {
+            "alpha": 1.3,
+            "beta": 0.9,
+            "gamma": 0.8,
+            "delta": 1.8,
+            "x0": 0.44,
+            "y0": 4.6,
+            "t_train": 10.0,
+            "t_test": 20.0,
+        },
+    ],
     ids=["lecture", "paper"],
 )
 def test_problem_reports_structure_against_the_configured_truth(params):
@@ -255,8 +267,14 @@ def test_problem_reports_structure_against_the_configured_truth(params):
     assert out["n_terms"] == 4
     assert max(out["relative_error"].values()) < 0.02, out["relative_error"]
     assert out["true_equations"][1].startswith(f"dy/dt = -{cfg.delta:.3f} y")
-    wrong = problem.discover(_FakeUDE(cfg, drop_gamma=True), states, train)
-    assert not wrong["structure_found"], wrong["equations"]
+
+
+def test_a_model_that_missed_a_term_has_the_wrong_structure():
+    cfg = LVConfig(t_train=10.0, t_test=20.0)
+    problem = LotkaVolterra(cfg)
+    train = problem.generate("train", cfg.seed_train)
+    out = problem.discover(_FakeUDE(cfg, drop_gamma=True), train.arrays["u_true"][0], train)
+    assert not out["structure_found"], out["equations"]
 
 
 def test_stlsq_method_still_selectable():

@@ -228,8 +228,11 @@ def fit_trajectories(
     eye = torch.eye(n_par, dtype=dt)
     done = ~torch.isfinite(rss)  # a candidate that blows up from its start is not fitted
     for it in range(iterations):
-        if it >= 15:  # far behind the best fit after 15 iterations: no longer a contender
-            done |= rss > 10 * rss.min()
+        # far behind the best fit after a few iterations: no longer a contender
+        for after, factor in ((25, 1.2), (20, 2.0), (15, 10.0), (10, 30.0), (5, 100.0)):
+            if it >= after:
+                done |= rss > factor * rss.min()
+                break
         idx = torch.nonzero(~done).flatten()  # only the candidates still improving are run
         if len(idx) == 0:
             break
@@ -243,7 +246,7 @@ def fit_trajectories(
         trial = coef[idx] + step.reshape(-1, *coef.shape[1:])
         r_t, jac_t, rss_t = evaluate(trial, m)
         better = rss_t < rss[idx]
-        converged = better & ((rss[idx] - rss_t) <= 1e-9 * rss[idx])
+        converged = better & ((rss[idx] - rss_t) <= 1e-6 * rss[idx])
         b = idx[better]
         coef[b], r[b], jac[b], rss[b] = trial[better], r_t[better], jac_t[better], rss_t[better]
         damping[idx] = torch.where(better, damping[idx] / 3, damping[idx] * 4)
