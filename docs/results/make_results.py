@@ -6,6 +6,7 @@
     python docs/results/make_results.py --only lv       # one experiment
     python docs/results/make_results.py --jobs 2        # 2 jobs at a time (needs .[sweep])
     python docs/results/make_results.py --reuse         # report the last sweeps again, no training
+    python docs/results/make_results.py --reuse --reeval   # evaluate their checkpoints anew first
 
 Each experiment is a `hybridsim train -m` sweep over ``seed = problem.seed_train = 1..n`` into
 ``outputs/results/<name>/<time>/``; its report goes to ``docs/results/<name>/`` (report.md,
@@ -174,6 +175,16 @@ def latest_sweep(exp: Experiment, out_root: Path) -> Path:
     return sweeps[-1]
 
 
+def reevaluate(sweep: Path) -> None:
+    """``hybridsim eval`` on every finished run of a sweep (after a change to the evaluation)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    for run in sorted(p.parent for p in sweep.glob("*/checkpoints/best.pt")):
+        proc = subprocess.run(
+            [hybridsim_exe(), "eval", f"run={run}"], cwd=ROOT, env=env, capture_output=True
+        )
+        print(f"  eval {run}: exit {proc.returncode}", flush=True)
+
+
 def report_sweep(exp: Experiment, sweep: Path) -> dict:
     report = build_report([str(sweep)])
     dest = ROOT / "docs" / "results" / exp.name
@@ -236,6 +247,9 @@ def main() -> int:
     parser.add_argument("--only", help="comma-separated experiment names")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")))
     parser.add_argument("--reuse", action="store_true", help="report the last sweeps again")
+    parser.add_argument(
+        "--reeval", action="store_true", help="with --reuse: evaluate the checkpoints anew"
+    )
     parser.add_argument("--out", default=str(ROOT / "outputs" / "results"))
     args = parser.parse_args()
     chosen = set(args.only.split(",")) if args.only else {e.name for e in EXPERIMENTS}
@@ -248,6 +262,8 @@ def main() -> int:
         if exp.name not in chosen:
             continue
         sweep = latest_sweep(exp, out_root) if args.reuse else run_sweep(exp, args.jobs, out_root)
+        if args.reuse and args.reeval:
+            reevaluate(sweep)
         results[exp.name] = report_sweep(exp, sweep)
     done = []
     for (file, block), names in BLOCKS.items():
