@@ -61,11 +61,9 @@ GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment"})
 
 @dataclass
 class Session:
-    """What one ``main()`` call holds: the resumed run, the guard (lock, snapshot) of a single
-    train's run directory, the sweep directory of a multirun."""
+    """What one ``main()`` call holds: the guard (lock, snapshot) of a single train's run
+    directory, the locks it took, the sweep directory of a multirun."""
 
-    command: str = ""
-    resume: Path | None = None
     guard: Any = None  # rundir.Guard of a single train
     guards: list[Any] = field(default_factory=list)  # every lock taken, released at the end
     sweep_dir: Path | None = None
@@ -374,8 +372,9 @@ def _override_parser() -> Any:
 
 def _replayable(item: Any, source: Path) -> str:
     """A saved override that ``resume`` may replay: a setting of the run itself, never a Hydra
-    setting (``hydra.*``: environment, launcher, callbacks, output), a config loaded from
-    outside the config search path, an interpolation or a sweep. ConfigError otherwise."""
+    setting (``hydra.*``: environment, launcher, callbacks, output), a package, a config loaded
+    from outside the config search path, a resolver (``${oc.env:...}``; a reference to another
+    key such as ``${seed}`` is fine) or a sweep. ConfigError otherwise."""
     from hybridsim.config import ConfigError
 
     refuse = f"cannot resume: {source} holds {str(item)[:120]!r}, which resume does not replay"
@@ -393,8 +392,8 @@ def _replayable(item: Any, source: Path) -> str:
         )
     if override.is_sweep_override():
         raise ConfigError(f"{refuse}: a sweep is not one run")
-    if "${" in item:
-        raise ConfigError(f"{refuse}: interpolations are not replayed")
+    if re.search(r"\$\{\s*[\w.-]+\s*:", item):  # ${seed} is replayed, ${oc.env:X} is not
+        raise ConfigError(f"{refuse}: resolver interpolations are not replayed")
     if key in GROUPS:
         value = override.value()
         if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value)) or (
@@ -454,7 +453,6 @@ def _rewrite_resume(argv: list[str]) -> list[str]:
             raise ConfigError(
                 f"resume refuses {a}: the run directory and Hydra's settings are the run's own"
             )
-    _SESSION.resume = run_dir
     # A new value replaces the saved one (instead of piling up in overrides.yaml).
     new_keys = {_override_key(a) for a in rest if not a.startswith("-")}
     replay = [item for item in replay if _override_key(item) not in new_keys]
@@ -528,10 +526,13 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     name = e.args[0] if isinstance(e, interrupts.Interrupted) else "SIGINT"
     line = f"hybridsim {command}: interrupted ({name})"
     guard = _SESSION.guard
-    if command == "train" and guard is not None and guard.run_dir.is_dir():
-        if (guard.run_dir / "checkpoints").is_dir():
+    if _SESSION.sweep_dir is not None:
+        return f"{line}; the jobs run so far are in {_SESSION.sweep_dir}"
+    if command == "train" and guard is not None:
+        if (guard.run_dir / "meta.json").is_file():
             return f"{line}; continue with: hybridsim train resume={guard.run_dir}"
-    return f"{line}; nothing was kept"
+        return f"{line}; nothing was kept"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -576,7 +577,6 @@ def _main(argv: list[str]) -> int:
             )
             return EXIT_USAGE
     command, rest = argv[0], argv[1:]
-    _SESSION.command = command
     if command == "report":  # not a Hydra app: its arguments are directories
         from hybridsim.report import main as report_main
 

@@ -373,6 +373,35 @@ def test_generate_never_writes_non_finite_values(tmp_path):
     assert list(tmp_path.iterdir()) == [], "nothing may be written"
 
 
+def _overflowing(self, split, seed):
+    data = _generate(self, split, seed)
+    data.arrays["u_true"][..., -1, 0] = np.inf  # the reference solve overflowed
+    return data
+
+
+def _failing(self, split, seed):
+    raise ZeroDivisionError("float division by zero")
+
+
+_generate = LotkaVolterra.generate
+
+
+@pytest.mark.parametrize(
+    "fake,needle",
+    [
+        (_overflowing, "problem=lv produced non-finite values in train/u_true (1 of 22)"),
+        (_failing, "generating the train split of problem=lv failed (ZeroDivisionError"),
+    ],
+    ids=["non-finite", "raises"],
+)
+def test_generate_names_what_failed_and_writes_nothing(fake, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(LotkaVolterra, "generate", fake)
+    err = one_line(capsys, main(["generate", *DATA, "problem.x0=5"]), needle)
+    assert "settings changed from the defaults: problem.x0=5.0, problem.t_train=1.0" in err
+    assert [p.name for p in (tmp_path / "data").iterdir() if not p.name.endswith(".lock")] == []
+
+
 @pytest.fixture
 def data_file(work, tmp_path, monkeypatch):
     """A copy of the shared data file in ``tmp_path/data`` (the run's data_dir in train)."""
@@ -580,7 +609,7 @@ def test_sigint_during_the_hdf5_write(tmp_path):
         timeout=120,
     )
     assert proc.returncode == 130, proc.stderr
-    assert proc.stderr.strip() == "hybridsim generate: interrupted (SIGINT); nothing was kept"
+    assert proc.stderr.strip() == "hybridsim generate: interrupted (SIGINT)"
     assert [p.name for p in (tmp_path / "data").iterdir() if not p.name.endswith(".lock")] == []
 
 
