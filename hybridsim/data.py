@@ -100,7 +100,11 @@ def check_finite(problem: Problem, splits: Mapping[str, SplitData]) -> None:
             arr = np.asarray(value)
             if arr.dtype.kind not in "fc":
                 continue
-            bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+            flat, block = arr.reshape(-1), 1 << 22  # blocks: no full-size boolean copy
+            bad = sum(
+                int(np.count_nonzero(~np.isfinite(flat[i : i + block])))
+                for i in range(0, flat.size, block)
+            )
             if bad:
                 raise DataError(
                     f"problem={problem.name} produced non-finite values in {where} ({bad} of "

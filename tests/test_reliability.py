@@ -534,6 +534,16 @@ def test_non_finite_gradient_or_parameters_stop_before_saving(tmp_path):
     assert not (tmp_path / "p" / "checkpoints" / "last.pt").exists(), "NaN must never be saved"
 
 
+def test_a_model_with_nothing_to_train_names_the_setting(tmp_path, capsys, monkeypatch):
+    """solver.n_iter=0 leaves the CT correction unused ("element 0 of tensors does not require
+    grad" before): the first step says so, naming the setting."""
+    monkeypatch.chdir(tmp_path)
+    ct = ["problem=ct", "problem.size=16", "problem.n_angles=6", "problem.n_train=2"]
+    ct += ["problem.n_val=1", "problem.n_test=1", "problem.n_ellipses=5", "correction.width=[4]"]
+    argv = ["train", *ct, "solver.n_iter=0", "recipe.steps=2", "evaluate=false", "progress=none"]
+    one_line(capsys, main([*argv, f"hydra.run.dir={tmp_path / 'r'}"]), "solver.n_iter=0")
+
+
 # ----------------------------------------------------------------------- item 7, 11, 13
 def test_files_follow_the_umask_and_stale_temps_go(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
