@@ -2,7 +2,12 @@
 ``report`` (plain arguments: directories; see ``hybridsim.report``).
 
 This module and ``config.py`` are the only ones that touch Hydra/OmegaConf. Errors are turned
-into one line on stderr and a non-zero exit (``HYBRIDSIM_DEBUG=1`` shows the traceback).
+into one line on stderr and a non-zero exit (``HYBRIDSIM_DEBUG=1`` shows the traceback);
+SIGINT/SIGTERM into one line and exit 130/143. A single ``train`` is validated completely
+(config, and the run directory it would write into) before Hydra creates or changes anything:
+:class:`RunGuard`, a Hydra callback, does it in ``on_run_start``. In a sweep, a failing job is
+recorded (its error line in its ``train.log``) and the sweep goes on; it ends with a summary.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -10,8 +15,12 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from hybridsim import interrupts
 
 USAGE = """\
 usage: hybridsim <command> [overrides ...] [--help] [--cfg job] [-m]
@@ -41,6 +50,32 @@ Set HYBRIDSIM_DEBUG=1 to see full tracebacks.
 HYDRA_COMMANDS = ("generate", "train", "eval")
 COMMANDS = (*HYDRA_COMMANDS, "report")
 EXIT_USAGE, EXIT_ERROR = 2, 1
+
+# The settings of a run (TrainConfig's fields and the config groups): all that `resume` replays.
+RUN_KEYS = frozenset(
+    {"problem", "solver", "correction", "recipe", "coupling", "seed", "device", "dtype"}
+    | {"data_dir", "evaluate", "progress", "experiment"}
+)
+GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment"})
+
+
+@dataclass
+class Session:
+    """What one ``main()`` call holds: the guard (lock, snapshot) of a single train's run
+    directory, the locks it took, the sweep directory of a multirun."""
+
+    guard: Any = None  # rundir.Guard of a single train
+    guards: list[Any] = field(default_factory=list)  # every lock taken, released at the end
+    sweep_dir: Path | None = None
+    sweep_started: float = 0.0
+
+    def close(self) -> None:
+        for g in self.guards:
+            g.release()
+        self.guards.clear()
+
+
+_SESSION = Session()
 
 
 def config_path() -> str:
@@ -72,18 +107,131 @@ def _hydra_app(command: str):
 
     @hydra.main(version_base="1.3", config_path=config_path(), config_name=command)
     def app(cfg: DictConfig) -> Any:
+        multirun = _in_multirun()
         try:
             return task(cfg)
+        except KeyboardInterrupt:
+            _undo_single_run()
+            raise
         except Exception as e:  # noqa: BLE001
             # Report here: past this point Hydra would print its own multi-line notice.
             if os.environ.get("HYBRIDSIM_DEBUG"):
                 raise
             line = f"hybridsim {command}: error: {_one_line(e)}"
+            if multirun:
+                # The job is recorded (its directory, its train.log, its meta.json) and the
+                # sweep goes on; main() prints the summary and exits non-zero.
+                num = _job_num()
+                print(f"hybridsim {command}: job {num} failed: {_one_line(e)}", file=sys.stderr)
+                _log_to_file(line)
+                return None
             print(line, file=sys.stderr)
-            _log_to_file(line)
+            if not _undo_single_run():
+                _log_to_file(line)
             raise SystemExit(EXIT_ERROR) from None
 
     return app
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def _job_num() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return str(HydraConfig.get().job.num)
+    except (ValueError, AttributeError):
+        return "?"
+
+
+def _undo_single_run() -> bool:
+    """A single train that failed before its training started: leave its run directory as it
+    was (remove it when this command created it). True when it did so."""
+    guard = _SESSION.guard
+    if guard is None or guard.training_started():
+        return False
+    guard.undo()
+    return True
+
+
+class Rejected(BaseException):
+    """A command refused before Hydra started its job (raised through Hydra's callback
+    machinery, which would swallow an Exception); ``error`` is the reason."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunGuard:
+    """Hydra callback (``hydra.callbacks.guard`` in ``conf/train.yaml``).
+
+    ``on_run_start`` runs after composition and before Hydra creates the run directory or writes
+    ``.hydra/``: it validates the whole config, then locks the run directory (created here if
+    new) and, when it holds a run already, checks that this continues that run
+    (``rundir.check_continuation``) and takes a snapshot to put back if the command fails.
+    ``on_multirun_start`` notes the sweep directory for the summary.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from hybridsim.rundir import guard_run_dir
+
+        try:
+            run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
+            container = _validate_train(_task_config(config))
+            guard = guard_run_dir(run_dir, container)
+        except Exception as e:  # noqa: BLE001
+            # Hydra turns a callback's Exception into a warning and runs the job anyway.
+            raise Rejected(e) from e
+        _SESSION.guard = guard
+        _SESSION.guards.append(guard)
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from omegaconf import OmegaConf
+
+        _SESSION.sweep_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir"))))
+        _SESSION.sweep_started = time.time()
+
+    def __getattr__(self, name: str) -> Any:  # the other callback hooks: nothing to do
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+
+def _task_config(config: Any) -> Any:
+    """The job's config without the ``hydra`` node (as the task function receives it)."""
+    import copy
+
+    from omegaconf import open_dict, read_write
+
+    task = copy.deepcopy(config)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+    return task
+
+
+def _validate_train(cfg: Any) -> dict:
+    """Everything checkable without doing work: types, ranges, finite values, unknown keys, the
+    solver/correction/coupling choices. Returns the resolved config as plain containers."""
+    from omegaconf import OmegaConf
+
+    from hybridsim.config import to_typed
+    from hybridsim.problems.base import registered
+
+    typed = to_typed(cfg)
+    problem = registered()[typed.problem.name](typed.problem)
+    problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
+    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def _log_to_file(line: str) -> None:
@@ -119,20 +267,32 @@ def _generate(cfg) -> str:
 def _train(cfg) -> str:
     import logging
 
-    from omegaconf import OmegaConf
-
     from hybridsim.config import to_typed
-    from hybridsim.data import write_text_atomic
-    from hybridsim.evaluate import print_table, run_eval
-    from hybridsim.problems.base import registered
-    from hybridsim.train import run_training
+    from hybridsim.rundir import guard_run_dir
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    typed = to_typed(cfg)
-    problem = registered()[typed.problem.name](typed.problem)
-    problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
     run_dir = _output_dir()
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = _validate_train(cfg)
+    typed = to_typed(cfg)
+    local = None
+    if _SESSION.guard is None or _SESSION.guard.run_dir != run_dir:
+        # A sweep job (Hydra made its directory already), or a run without RunGuard (the
+        # callback removed from the config): lock and check here, for this job only.
+        local = guard_run_dir(run_dir, container)
+    try:
+        return _train_into(run_dir, typed, container)
+    finally:
+        if local is not None:
+            local.release()
+
+
+def _train_into(run_dir: Path, typed: Any, container: dict) -> str:
+    from omegaconf import OmegaConf
+
+    from hybridsim.data import write_text_atomic
+    from hybridsim.evaluate import print_table, run_eval
+    from hybridsim.train import run_training
+
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
     print(f"run directory: {run_dir}", flush=True)
     run_training(typed, run_dir, container)
@@ -146,12 +306,18 @@ def _train(cfg) -> str:
 def _eval(cfg) -> dict:
     from omegaconf import OmegaConf
 
+    from hybridsim.atomic import remove_stale_temps
     from hybridsim.config import ConfigError, to_typed
-    from hybridsim.evaluate import print_table, run_eval
+    from hybridsim.evaluate import load_run_config, print_table, run_eval
+    from hybridsim.locks import lock_run_dir
 
     if OmegaConf.is_missing(cfg, "run"):
         raise ConfigError("eval needs run=<run directory printed by hybridsim train>")
     typed = to_typed(cfg)
+    load_run_config(Path(typed.run))  # a clear error for a directory that is not a run
+    lock = lock_run_dir(typed.run, "being trained or evaluated")
+    _SESSION.guards.append(lock)
+    remove_stale_temps(Path(typed.run) / "eval", recursive=True)
     result = run_eval(typed.run, typed.ckpt, typed.device, typed.data_dir)
     print_table(result)
     print(f"evaluation: {Path(typed.run) / 'eval' / 'metrics.json'}")
@@ -190,24 +356,198 @@ def _one_line(e: BaseException) -> str:
     return "; ".join(joined)
 
 
+def _quote(value: str) -> str:
+    """``value`` as a quoted Hydra override value that parses back to exactly ``value`` (paths
+    with ``,``, ``'``, spaces, ``=``, ``${``)."""
+    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
+    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
+    return "'" + text.replace("${", "\\${") + "'"
+
+
+def _override_parser() -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _replayable(item: Any, source: Path) -> str:
+    """A saved override that ``resume`` may replay: a setting of the run itself, never a Hydra
+    setting (``hydra.*``: environment, launcher, callbacks, output), a package, a config loaded
+    from outside the config search path, a resolver (``${oc.env:...}``; a reference to another
+    key such as ``${seed}`` is fine) or a sweep. ConfigError otherwise."""
+    from hybridsim.config import ConfigError
+
+    refuse = f"cannot resume: {source} holds {str(item)[:120]!r}, which resume does not replay"
+    if not isinstance(item, str):
+        raise ConfigError(f"{refuse} (not a key=value override)")
+    try:
+        override = _override_parser().parse_override(item)
+    except Exception:  # noqa: BLE001  (any grammar error)
+        raise ConfigError(f"{refuse} (not a valid override)") from None
+    key = override.key_or_group
+    root = re.split(r"[./@]", key, maxsplit=1)[0]
+    if root not in RUN_KEYS or override.package is not None:
+        raise ConfigError(
+            f"{refuse}: {key} is not a setting of the run ({', '.join(sorted(RUN_KEYS))})"
+        )
+    if override.is_sweep_override():
+        raise ConfigError(f"{refuse}: a sweep is not one run")
+    if re.search(r"\$\{\s*[\w.-]+\s*:", item):  # ${seed} is replayed, ${oc.env:X} is not
+        raise ConfigError(f"{refuse}: resolver interpolations are not replayed")
+    if key in GROUPS:
+        value = override.value()
+        if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value)) or (
+            ".." in value
+        ):
+            raise ConfigError(f"{refuse}: {key} must name a config of its group")
+    return item
+
+
 def _rewrite_resume(argv: list[str]) -> list[str]:
-    """``train resume=DIR``: rerun DIR's own overrides into DIR (continues from last.pt)."""
+    """``train resume=DIR``: replay DIR's own settings (its ``.hydra/overrides.yaml``, only the
+    run's keys, see :func:`_replayable`) and the new overrides into DIR, quoted; RunGuard then
+    checks that the result continues DIR's run and may change only safe keys."""
     resume = [a for a in argv if a.startswith("resume=")]
     if not resume:
         return argv
     import yaml
 
-    run_dir = Path(resume[0].split("=", 1)[1])
+    from hybridsim.atomic import NotARegularFile, require_regular_file
+    from hybridsim.config import ConfigError
+
+    if len(resume) > 1:
+        raise ConfigError("give resume= once")
+    value = resume[0].split("=", 1)[1]
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    if not value:
+        raise ConfigError("resume= needs a run directory printed by hybridsim train")
+    run_dir = Path(os.path.abspath(os.path.expanduser(value)))
     saved = run_dir / ".hydra" / "overrides.yaml"
-    if not (run_dir / "config_resolved.yaml").exists() or not saved.exists():
-        raise FileNotFoundError(f"cannot resume: {run_dir} is not a hybridsim train run directory")
-    overrides = yaml.safe_load(saved.read_text()) or []
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"cannot resume: run directory {run_dir} does not exist")
+    try:
+        for f in (run_dir / "config_resolved.yaml", saved):
+            require_regular_file(f, "run file")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"cannot resume: {run_dir} is not a hybridsim train run directory "
+            "(no config_resolved.yaml and .hydra/overrides.yaml)"
+        ) from None
+    except NotARegularFile as e:
+        raise ConfigError(f"cannot resume: {e}") from None
+    try:
+        overrides = yaml.safe_load(saved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise ConfigError(f"cannot resume: {saved} is not readable YAML") from None
+    if overrides is None:
+        overrides = []
+    if not isinstance(overrides, list):
+        raise ConfigError(f"cannot resume: {saved} must be a list of key=value overrides")
+    replay = [_replayable(item, saved) for item in overrides]
     rest = [a for a in argv if not a.startswith("resume=")]
-    return [*overrides, *rest, f"hydra.run.dir={run_dir}"]
+    for a in rest:
+        if a in ("-m", "--multirun"):
+            raise ConfigError("resume continues one run; it cannot be a sweep (-m)")
+        if not a.startswith("-") and re.split(r"[./@=]", a.lstrip("+~"), maxsplit=1)[0] == "hydra":
+            raise ConfigError(
+                f"resume refuses {a}: the run directory and Hydra's settings are the run's own"
+            )
+    # A new value replaces the saved one (instead of piling up in overrides.yaml).
+    new_keys = {_override_key(a) for a in rest if not a.startswith("-")}
+    replay = [item for item in replay if _override_key(item) not in new_keys]
+    return [*replay, *rest, f"hydra.run.dir={_quote(str(run_dir))}"]
+
+
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def _check_flags(command: str, argv: list[str]) -> Any:
+    """Hydra's own argument parser on ``argv``: a wrong flag is one line (UsageError) instead of
+    argparse's usage text. Returns the parsed namespace."""
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+
+    def error(message: str) -> None:
+        hint = ""
+        if "unrecognized arguments" in message and any("=" in a for a in message.split()[2:]):
+            hint = "; flags (-m, --cfg, ...) go before the overrides"
+        raise UsageError(f"{message}{hint} (see hybridsim {command} --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser.parse_args(argv)
+
+
+class UsageError(ValueError):
+    """Wrong command-line syntax (a flag)."""
+
+
+def _sweep_summary(command: str) -> int:
+    """After a multirun: one line for the sweep, one per failed job; EXIT_ERROR if any failed.
+    Reads each job's record from disk (so it works with any launcher): this sweep's jobs are the
+    job directories whose ``.hydra/hydra.yaml`` was written after it started."""
+    from hybridsim.report.runs import ReportError, read_run
+
+    root = _SESSION.sweep_dir
+    if root is None or not root.is_dir():
+        return 0
+    jobs = []
+    for hydra_yaml in root.glob("*/.hydra/hydra.yaml"):
+        if hydra_yaml.stat().st_mtime >= _SESSION.sweep_started - 1:
+            jobs.append(hydra_yaml.parent.parent)
+    done, failed = [], []
+    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        try:
+            run = read_run(job)
+            status = run.meta.get("status") if run.meta else None
+            error = run.error
+        except ReportError as e:
+            status, error = None, str(e)
+        if status == "completed" and not error:
+            done.append(job)
+        else:
+            failed.append((job, error or status or "did not start"))
+    if not failed:
+        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done")
+        return 0
+    print(
+        f"hybridsim {command}: sweep {root}: {len(jobs)} jobs, {len(done)} done, "
+        f"{len(failed)} failed",
+        file=sys.stderr,
+    )
+    for job, why in failed:
+        print(f"  job {job.name} failed ({job}): {why}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
+    name = e.args[0] if isinstance(e, interrupts.Interrupted) else "SIGINT"
+    line = f"hybridsim {command}: interrupted ({name})"
+    guard = _SESSION.guard
+    if _SESSION.sweep_dir is not None:
+        return f"{line}; the jobs run so far are in {_SESSION.sweep_dir}"
+    if command == "train" and guard is not None:
+        if (guard.run_dir / "meta.json").is_file():
+            return f"{line}; continue with: hybridsim train resume={guard.run_dir}"
+        return f"{line}; nothing was kept"
+    return line
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = interrupts.install()
+    try:
+        return _main(argv)
+    finally:
+        _SESSION.close()
+        interrupts.restore(previous)
+
+
+def _main(argv: list[str]) -> int:
+    global _SESSION
+    _SESSION = Session()
     debug = bool(os.environ.get("HYBRIDSIM_DEBUG"))
     completion = os.environ.get("COMP_LINE")
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -244,17 +584,32 @@ def main(argv: list[str] | None = None) -> int:
     # We print errors ourselves, as one line; Hydra then re-raises instead of printing.
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        flags = _check_flags(command, rest)
+    except UsageError as e:
+        print(f"hybridsim {command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         if command == "train":
             rest = _rewrite_resume(rest)
         app = _hydra_app(command)
         sys.argv = ["hybridsim", *rest]  # shell completion registers for this name
         app()
+        interrupts.check()  # a signal that some finaliser swallowed
+        if flags.multirun and not (flags.cfg or flags.help or flags.info):
+            return _sweep_summary(command)
     except SystemExit as e:  # Hydra's own exits (--help, argparse errors) keep their code
         return e.code if isinstance(e.code, int) else EXIT_ERROR
-    except KeyboardInterrupt:
-        print("hybridsim: interrupted", file=sys.stderr)
-        return 130
+    except Rejected as r:
+        if debug:
+            raise r.error from None
+        print(f"hybridsim {command}: error: {_one_line(r.error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt as e:
+        _undo_single_run()
+        print(_interrupted_line(command, e), file=sys.stderr)
+        return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
     except Exception as e:  # noqa: BLE001  (every error becomes one line for the user)
+        _undo_single_run()
         if debug:
             raise
         print(f"hybridsim {command}: error: {_one_line(e)}", file=sys.stderr)

@@ -3,7 +3,10 @@
 Each YAML option in ``conf/<group>/`` extends one schema here (``defaults: [/schema/...]``), so a
 wrong type or an unknown key fails at composition with OmegaConf's message naming the key.
 Range checks (positive step sizes, non-negative noise, …) run in ``__post_init__`` when the
-composed config is turned into these dataclasses by :func:`to_typed`, and name the key.
+composed config is turned into these dataclasses by :func:`to_typed`, and name the key. Before
+that, :func:`check_config` checks every value of every schema generically: no key the schema
+does not declare, every number finite and at most ``MAX_MAGNITUDE`` in size, every seed an
+integer in ``[0, MAX_SEED]``, and each group holding a config of its own kind.
 
 Only ``cli.py`` and this module know about Hydra/OmegaConf; everything below takes the typed
 dataclasses.
@@ -11,7 +14,8 @@ dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -353,22 +357,132 @@ def register_schemas() -> None:
     cs.store(group="schema/recipe", name="base", node=RecipeConfig)
 
 
+# ------------------------------------------------------------------ generic value checks
+# Beyond any physical or numerical use: such a value only overflows the solver (x0 = 1e300 gives
+# "float division by zero"; a 23-digit seed overflows int64 in torch and HDF5).
+MAX_MAGNITUDE = 1e12
+MAX_SEED = 2**32 - 1  # numpy, torch and every HDF5 attribute take it
+
+
+def _is_seed(key: str) -> bool:
+    last = key.rsplit(".", 1)[-1]
+    return last == "seed" or last.startswith("seed_")
+
+
+def check_value(key: str, value: Any) -> None:
+    """ConfigError naming ``key`` unless ``value`` (and every entry of a list or mapping) is a
+    finite number of sensible size, a seed in range, or not a number."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            check_value(f"{key}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            check_value(f"{key}[{i}]", v)
+    elif isinstance(value, int) and _is_seed(key):
+        if not 0 <= value <= MAX_SEED:
+            raise ConfigError(f"{key} must be an integer in [0, {MAX_SEED}], got {value}")
+    elif isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value}")
+        if abs(value) > MAX_MAGNITUDE:
+            raise ConfigError(
+                f"{key} must be at most {MAX_MAGNITUDE:.0e} in magnitude, got {value:.6g}"
+            )
+
+
+def _check_keys(node: Any, prefix: str) -> None:
+    """ConfigError for a key that the node's schema does not declare (``+problem.foo=1``)."""
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    known = {f.name for f in fields(schema)} if is_dataclass(schema) else None
+    for key in node.keys():
+        dotted = f"{prefix}{key}"
+        if known is not None and key not in known:
+            where = f"this {prefix.split('.', 1)[0]}" if prefix else "this command"
+            raise ConfigError(
+                f"{dotted} is not a setting of {where} ({schema.__name__}); "
+                f"its settings: {', '.join(sorted(known))}"
+            )
+        if not OmegaConf.is_missing(node, key):
+            _check_keys(node._get_node(key), f"{dotted}.")
+
+
+GROUP_SCHEMAS = {
+    "problem": lambda: tuple(PROBLEM_SCHEMAS.values()),
+    "solver": lambda: tuple(SOLVER_SCHEMAS.values()),
+    "correction": lambda: (CorrectionConfig,),
+    "recipe": lambda: (RecipeConfig,),
+}
+
+
+def _check_groups(typed: Any) -> None:
+    """Each config group holds a config of its own kind (``problem=../solver/rk4`` does not)."""
+    if not isinstance(typed, TrainConfig | GenerateConfig):
+        return
+    for group, schemas in GROUP_SCHEMAS.items():
+        value = getattr(typed, group, None)
+        if value is None and isinstance(typed, GenerateConfig) and group != "problem":
+            continue
+        if not isinstance(value, schemas()):
+            what = (
+                f"a {type(value).__name__} named {getattr(value, 'name', '?')!r}"
+                if is_dataclass(value)
+                else f"{type(value).__name__} {value!r}"[:80]
+            )
+            names = sorted(PROBLEM_SCHEMAS) if group == "problem" else None
+            hint = f"; choose one of: {', '.join(names)}" if names else ""
+            raise ConfigError(f"{group}: the chosen config is not a {group} config ({what}){hint}")
+    if PROBLEM_SCHEMAS.get(typed.problem.name) is not type(typed.problem):
+        raise ConfigError(
+            f"problem.name={typed.problem.name} does not name this problem config; "
+            f"choose one of: {', '.join(sorted(PROBLEM_SCHEMAS))}"
+        )
+    if isinstance(typed, TrainConfig) and (
+        SOLVER_SCHEMAS.get(typed.solver.kind) is not type(typed.solver)
+    ):
+        raise ConfigError(
+            f"solver.kind={typed.solver.kind} does not fit solver={typed.solver.name}"
+        )
+
+
+def check_config(cfg: DictConfig, prefix: str = "") -> None:
+    """The generic checks on a composed config, before any ``__post_init__`` runs; ``prefix``
+    (``problem.``) names the keys of a group checked on its own."""
+    _check_keys(cfg, prefix)
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for key, value in container.items():
+        check_value(f"{prefix}{key}", value)
+
+
 def to_typed(cfg: DictConfig | dict) -> Any:
-    """The composed config as schema dataclasses (runs every ``__post_init__`` check)."""
+    """The composed config as schema dataclasses: the generic checks of :func:`check_config`,
+    then every ``__post_init__`` check, then each group's kind."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
-    return OmegaConf.to_object(cfg)
+    check_config(cfg)
+    typed = OmegaConf.to_object(cfg)
+    _check_groups(typed)
+    return typed
 
 
-def typed_from_container(schema: type, container: dict) -> Any:
+def typed_from_container(schema: type, container: dict, prefix: str = "") -> Any:
     """Rebuild a typed config from a plain dict (e.g. a run's saved ``config_resolved.yaml``)."""
     merged = OmegaConf.merge(OmegaConf.structured(schema), container)
+    check_config(merged, prefix)
     return OmegaConf.to_object(merged)
 
 
 def typed_train_config(container: dict) -> TrainConfig:
     """A TrainConfig from a plain dict (a run's ``config_resolved.yaml``), each group merged
     into its own schema so that types and ranges are checked again."""
+    if not isinstance(container, dict):
+        raise ConfigError(f"expected a mapping of settings, got {type(container).__name__}")
+    for group in ("problem", "solver", "correction", "recipe"):
+        if not isinstance(container.get(group), dict):
+            raise ConfigError(f"it has no {group!r} section")
     problem = container["problem"]
     if problem.get("name") not in PROBLEM_SCHEMAS:
         raise ConfigError(f"unknown problem {problem.get('name')!r} in saved config")
@@ -378,11 +492,16 @@ def typed_train_config(container: dict) -> TrainConfig:
     top = {
         k: v for k, v in container.items() if k not in ("problem", "solver", "correction", "recipe")
     }
+    unknown = sorted(set(top) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{unknown[0]} is not a setting of train")
+    for key, value in top.items():
+        check_value(key, value)
     return TrainConfig(
-        problem=typed_from_container(PROBLEM_SCHEMAS[problem["name"]], problem),
-        solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"]),
-        correction=typed_from_container(CorrectionConfig, container["correction"]),
-        recipe=typed_from_container(RecipeConfig, container["recipe"]),
+        problem=typed_from_container(PROBLEM_SCHEMAS[problem["name"]], problem, "problem."),
+        solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"], "solver."),
+        correction=typed_from_container(CorrectionConfig, container["correction"], "correction."),
+        recipe=typed_from_container(RecipeConfig, container["recipe"], "recipe."),
         **top,
     )
 

@@ -11,10 +11,16 @@ from typing import Any
 import torch
 import yaml
 
-from hybridsim.config import TrainConfig, resolve_device, typed_train_config
-from hybridsim.data import data_path, read_split, write_text_atomic
+from hybridsim.config import ConfigError, TrainConfig, resolve_device, typed_train_config
+from hybridsim.data import (
+    NotARegularFile,
+    data_path,
+    read_split,
+    require_regular_file,
+    write_text_atomic,
+)
 from hybridsim.problems.base import Problem, registered
-from hybridsim.train import load_checkpoint
+from hybridsim.train import CheckpointError, load_checkpoint
 
 
 class EvalError(RuntimeError):
@@ -25,9 +31,28 @@ def load_run_config(run_dir: Path) -> TrainConfig:
     path = run_dir / "config_resolved.yaml"
     if not run_dir.is_dir():
         raise EvalError(f"run directory {run_dir} does not exist")
-    if not path.exists():
-        raise EvalError(f"{run_dir} is not a hybridsim run directory (no config_resolved.yaml)")
-    return typed_train_config(yaml.safe_load(path.read_text()))
+    try:
+        require_regular_file(path, "run config")
+    except FileNotFoundError:
+        raise EvalError(
+            f"{run_dir} is not a hybridsim run directory (no config_resolved.yaml)"
+        ) from None
+    except NotARegularFile as e:
+        raise EvalError(str(e)) from None
+    try:
+        container = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path} is not readable YAML ({type(e).__name__})") from None
+    if not isinstance(container, dict):
+        raise EvalError(
+            f"{path} is empty or not a mapping of settings; it should be the config that "
+            "hybridsim train saved (start the run again)"
+        )
+    try:
+        return typed_train_config(container)
+    except (ConfigError, ValueError, TypeError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise EvalError(f"{path} is not a usable run config: {detail}") from None
 
 
 def _finite(obj: Any) -> Any:
@@ -57,6 +82,10 @@ def run_eval(
     ckpt_path = Path(ckpt) if ckpt else run_dir / "checkpoints" / "best.pt"
     if not ckpt_path.exists():
         raise EvalError(f"checkpoint {ckpt_path} does not exist (did training finish?)")
+    try:
+        require_regular_file(ckpt_path, "checkpoint")
+    except NotARegularFile as e:
+        raise EvalError(str(e)) from None
     dev = torch.device(resolve_device(device))
     dtype = getattr(torch, cfg.dtype)
     problem: Problem = registered()[cfg.problem.name](cfg.problem)
@@ -78,6 +107,8 @@ def run_eval(
         try:
             state = load_checkpoint(file)["model"]
             model.load_state_dict(state)
+        except CheckpointError:
+            raise
         except Exception as e:  # noqa: BLE001  (any unreadable checkpoint is the user's error)
             raise EvalError(
                 f"checkpoint {file} cannot be loaded ({type(e).__name__}: {e})"

@@ -5,6 +5,11 @@ through the unrolled solver, clip, step. Checkpoints (``last.pt`` every validati
 on the best validation loss) hold the model, optimiser, scheduler, step, best metric, RNG states
 and the resolved config as plain containers, written atomically; resuming from ``last.pt``
 continues the run bit for bit on CPU. An optional L-BFGS polish on the full horizon follows.
+
+Divergence (a non-finite loss, gradient, parameter or validation loss) stops the fit with a
+message that says which of them diverged and the setting most likely to blame; a checkpoint is
+never written with non-finite parameters or after a non-finite validation loss, so ``last.pt``
+stays the last good state. ``metrics.jsonl`` is strict JSON (non-finite values as ``null``).
 """
 
 from __future__ import annotations
@@ -23,13 +28,23 @@ import torch
 from torch import nn
 
 from hybridsim.config import RecipeConfig
-from hybridsim.data import atomic_path
+from hybridsim.data import NotARegularFile, atomic_path, require_regular_file
+from hybridsim.interrupts import Interrupted
+from hybridsim.interrupts import check as check_interrupt
 from hybridsim.numerics.rollout import GradientMode
-from hybridsim.problems.base import Problem
+from hybridsim.problems.base import Batch, Problem
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became non-finite; the last good checkpoint is kept."""
+    """Training produced a non-finite value; the last good checkpoint is kept."""
+
+
+class TrainingError(RuntimeError):
+    """A model that cannot be trained as configured (the message names the setting)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (the message names the file)."""
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -39,7 +54,24 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint as plain containers (``weights_only``); CheckpointError naming the file if
+    it is missing, not a regular file, truncated or not a checkpoint."""
+    try:
+        require_regular_file(path, "checkpoint")
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, NotARegularFile) as e:
+        raise CheckpointError(
+            str(e) if isinstance(e, NotARegularFile) else f"checkpoint {path} does not exist"
+        ) from None
+    except Exception as e:  # noqa: BLE001  (truncated, corrupt, or an unsafe pickle)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {first[:200]}); it is "
+            "truncated or not a hybridsim checkpoint: delete it to restart that model"
+        ) from None
+    if not isinstance(ck, dict) or "model" not in ck or "step" not in ck:
+        raise CheckpointError(f"checkpoint {path} is not a hybridsim checkpoint (no model/step)")
+    return ck
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: RecipeConfig) -> torch.optim.Optimizer:
@@ -117,27 +149,47 @@ class Progress:
             self._bar.stop()
 
 
+def _json_value(v: Any) -> Any:
+    """A float that JSON can hold: non-finite values become null."""
+    return v if not isinstance(v, float) or math.isfinite(v) else None
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl``, skipping lines that do not parse (a line torn by a kill)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 class MetricsLog:
-    """``metrics.jsonl``: one JSON object per logged step; on resume, later lines are dropped."""
+    """``metrics.jsonl``: one JSON object per logged step; on resume, later lines (and a line
+    torn by a kill) are dropped."""
 
     def __init__(self, path: Path, model: str, resume_step: int | None) -> None:
         self.path, self.model = path, model
+        if path.exists():
+            require_regular_file(path, "metrics file")
         if resume_step is not None and path.exists():
             keep = [
-                line
-                for line in path.read_text().splitlines()
-                if line
-                and (
-                    json.loads(line).get("model") != model
-                    or json.loads(line)["step"] <= resume_step
-                )
+                {k: _json_value(v) for k, v in row.items()}
+                for row in read_metrics(path)
+                if row.get("model") != model or row.get("step", 0) <= resume_step
             ]
-            path.write_text("".join(line + "\n" for line in keep))
+            text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in keep)
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
 
     def write(self, step: int, phase: str, values: Mapping[str, float]) -> None:
         row = {"step": step, "model": self.model, "phase": phase, **values}
+        row = {k: _json_value(v) for k, v in row.items()}
         with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps(row, allow_nan=False) + "\n")
 
 
 def fit(
@@ -196,10 +248,22 @@ def fit(
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
     bar = Progress(progress, total, name)
 
+    def diverged(what: str, cause: str) -> TrainingDiverged:
+        return _diverged(name, step, phase, what, cause, last)
+
     def checkpoint(done: bool = False) -> None:
         nonlocal best
+        bad = _non_finite(model)
+        if bad:
+            raise diverged(f"parameter {bad} is non-finite", _lr_cause(recipe, sched))
         metrics = problem.validate(model, val_data)
         log.write(step, phase, {f"val/{k}": v for k, v in metrics.items()})
+        if not math.isfinite(metrics["loss"]):
+            raise diverged(
+                f"the validation loss is {metrics['loss']} (the model blows up over the "
+                "validation horizon)",
+                _lr_cause(recipe, sched),
+            )
         ck = _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt)
         ck["polish_prev"], ck["polish_stage"] = polish_prev, polish_stage
         if math.isfinite(metrics["loss"]) and metrics["loss"] < best:
@@ -214,13 +278,28 @@ def fit(
             unroll = unroll_at(recipe, step)
             batch = problem.batch(train_data, recipe.batch_size, unroll, gen)
             loss = problem.loss(model, batch)
-            _check_finite(loss, step, name, last)
             value = float(loss.detach())
+            if not math.isfinite(value):
+                raise diverged(*_loss_cause(model, batch, value, step, unroll, recipe, sched))
+            if not loss.requires_grad:
+                raise TrainingError(
+                    f"{name} cannot be trained: its loss does not depend on any trainable "
+                    "parameter, so the correction is never applied (a solver that makes no "
+                    "steps, e.g. solver.n_iter=0, leaves nothing to correct)"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = nn.utils.clip_grad_norm_(params, recipe.grad_clip or float("inf"))
+            if not torch.isfinite(gnorm):
+                raise diverged(
+                    f"the gradient is non-finite (norm {float(gnorm)}; the loss was {value:.3e})",
+                    f"backpropagation through the unrolled solver overflowed: likely "
+                    f"recipe.unroll={unroll} (shorter, or recipe.gradient_mode=truncate) or "
+                    f"{_lr_cause(recipe, sched)}",
+                )
             opt.step()
             sched.step()
+            check_interrupt()
             step += 1
             logged = step % recipe.log_every == 0
             if logged:
@@ -264,8 +343,20 @@ def fit(
                     return value
 
                 loss = polish_opt.step(closure)
-                _check_finite(loss, step, name, last)
                 value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise diverged(
+                        f"the L-BFGS loss is {value}",
+                        f"the model blows up over recipe.polish_unroll={stages[stage]}",
+                    )
+                bad = _non_finite(model)
+                if bad:
+                    raise diverged(
+                        f"parameter {bad} is non-finite after an L-BFGS step",
+                        f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
+                        "recipe.polish=none keeps the first-order result",
+                    )
+                check_interrupt()
                 # No decrease since the previous iteration: the line search found none, the
                 # stage has converged to float precision; go on to the next stage.
                 stalled = polish_prev is not None and value >= polish_prev
@@ -297,14 +388,49 @@ def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
     )
 
 
-def _check_finite(loss: torch.Tensor, step: int, name: str, last: Path) -> None:
-    if not torch.isfinite(loss.detach()):
-        kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
-        raise TrainingDiverged(
-            f"training of {name} stopped: non-finite loss ({float(loss.detach())}) at step {step}; "
-            f"{kept}. "
-            "Try a smaller recipe.lr, a shorter recipe.unroll or correction.init_scale."
+def _diverged(name: str, step: int, phase: str, what: str, cause: str, last: Path) -> Exception:
+    kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+    return TrainingDiverged(
+        f"training of {name} diverged at step {step} ({phase}): {what}; likely cause: {cause}; "
+        f"{kept}"
+    )
+
+
+def _non_finite(model: nn.Module) -> str | None:
+    """The name of the first parameter or floating buffer with a non-finite entry, if any."""
+    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
+    if not tensors:
+        return None
+    finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).tolist()
+    return next((k for (k, _), ok in zip(tensors, finite, strict=True) if not ok), None)
+
+
+def _lr_cause(recipe: RecipeConfig, sched: torch.optim.lr_scheduler.LRScheduler) -> str:
+    return f"recipe.lr={recipe.lr:g} (now {sched.get_last_lr()[0]:.3g}) is too large"
+
+
+def _loss_cause(
+    model: nn.Module, batch: Batch, value: float, step: int, unroll: int, recipe, sched
+) -> tuple[str, str]:
+    """What made the training loss non-finite, and the setting most likely to blame."""
+    what = f"non-finite loss ({value})"
+    for part in (batch.inputs, batch.targets):
+        for key, t in part.items():
+            if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
+                return f"{what}: the training batch's {key!r} holds non-finite values", (
+                    "the data file (delete it and generate it again)"
+                )
+    bad = _non_finite(model)
+    if bad:
+        return f"{what}: parameter {bad} is non-finite", _lr_cause(recipe, sched)
+    if step == 0:
+        return f"{what} before any update", (
+            "the untrained model blows up: a solver setting (solver.*), correction.init_scale, "
+            f"or recipe.unroll={unroll}"
         )
+    return f"{what} (parameters finite)", (
+        f"{_lr_cause(recipe, sched)}, or recipe.unroll={unroll} is too long for this model"
+    )
 
 
 def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=None) -> dict:
@@ -348,6 +474,9 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     )
     train_data = train_split.tensors(device, dtype)
     val_data = val_split.tensors(device, dtype)
+    if _completed(run_dir, list(models)):
+        print(f"training: already complete in {run_dir} (nothing to do)", flush=True)
+        return {}
     meta = _meta(cfg, path, device)
     _write_meta(run_dir, meta, "running")
     results: dict[str, FitResult] = {}
@@ -367,11 +496,15 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
                 config=config,
                 progress=cfg.progress,
             )
-    except TrainingDiverged:
-        _write_meta(run_dir, meta, "diverged")
+    except TrainingDiverged as e:
+        _write_meta(run_dir, meta, "diverged", str(e))
         raise
-    except BaseException:
-        _write_meta(run_dir, meta, "failed")
+    except KeyboardInterrupt as e:
+        signame = e.args[0] if isinstance(e, Interrupted) else "SIGINT"
+        _write_meta(run_dir, meta, "interrupted", f"interrupted by {signame}")
+        raise
+    except BaseException as e:
+        _write_meta(run_dir, meta, "failed", (str(e).strip().splitlines() or [repr(e)])[0])
         raise
     meta["fits"] = {
         k: {"steps": v.step, "best_val_loss": v.best, "seconds": round(v.seconds, 2)}
@@ -382,25 +515,69 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     return results
 
 
+def _completed(run_dir: Path, names: list[str]) -> bool:
+    """Whether this run finished training already (meta.json says so and every model's last.pt
+    is final): a resume then leaves meta.json and the checkpoints as they are."""
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(meta, dict) or meta.get("status") != "completed":
+        return False
+    for name in names:
+        last = run_dir / "checkpoints" / ("" if name == "hybrid" else name) / "last.pt"
+        if not last.is_file() or not load_checkpoint(last).get("done"):
+            return False
+    return True
+
+
+def git_sha(start: Path) -> str | None:
+    """The commit checked out in the git repository holding ``start``, read from ``.git``
+    itself: running ``git`` would execute whatever a changed PATH (or a run's config, through
+    Hydra's ``env_set``) puts first on it."""
+    import re
+
+    sha = re.compile(r"[0-9a-f]{40}")
+    try:
+        for folder in (start, *start.parents):
+            dot = folder / ".git"
+            if dot.is_dir():
+                gitdir = dot
+                break
+            if dot.is_file() and dot.read_text().startswith("gitdir:"):
+                gitdir = (folder / dot.read_text().split(":", 1)[1].strip()).resolve()
+                break
+        else:
+            return None
+        common = gitdir
+        if (gitdir / "commondir").is_file():  # a worktree: its refs live in the main .git
+            common = (gitdir / (gitdir / "commondir").read_text().strip()).resolve()
+        head = (gitdir / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head if sha.fullmatch(head) else None
+        ref = head[4:].strip()
+        for base in (gitdir, common):
+            if (base / ref).is_file():
+                value = (base / ref).read_text().strip()
+                return value if sha.fullmatch(value) else None
+        if (common / "packed-refs").is_file():
+            for line in (common / "packed-refs").read_text().splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1] == ref and sha.fullmatch(parts[0]):
+                    return parts[0]
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
 def _meta(cfg: Any, path: Path, device: torch.device) -> dict[str, Any]:
     import platform
-    import subprocess
 
     import hybridsim
 
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(hybridsim.__file__).parent,
-            timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
     return {
         "hybridsim": hybridsim.__version__,
-        "git_sha": sha or None,
+        "git_sha": git_sha(Path(hybridsim.__file__).resolve().parent),
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "device": str(device),
@@ -426,10 +603,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _write_meta(run_dir: Path, meta: dict[str, Any], status: str) -> None:
+def _write_meta(run_dir: Path, meta: dict[str, Any], status: str, error: str | None = None) -> None:
     from hybridsim.evaluate import write_json_atomic
 
     meta["status"] = status
+    if error:
+        meta["error"] = error
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_json_atomic(meta, run_dir / "meta.json")
 
@@ -444,11 +623,15 @@ def _plot_training_curve(run_dir: Path) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+    rows = read_metrics(path)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, model in enumerate(dict.fromkeys(r["model"] for r in rows)):
         for key, style in (("train/loss", "-"), ("val/loss", "o--")):
-            pts = [(r["step"], r[key]) for r in rows if r["model"] == model and key in r]
+            pts = [
+                (r["step"], r[key])
+                for r in rows
+                if r["model"] == model and isinstance(r.get(key), int | float)
+            ]
             if pts:
                 ax.semilogy(
                     *zip(*pts, strict=True),

@@ -16,7 +16,8 @@ def _seed():
 @pytest.fixture
 def expect_one_line_error(tmp_path, monkeypatch, capsys):
     """Run ``hybridsim <argv>`` in-process in an empty folder and check the bad-input contract:
-    non-zero exit, exactly one line on stderr containing ``needle``, no traceback, no data."""
+    non-zero exit, exactly one line on stderr containing ``needle``, no traceback, no data, and
+    no run directory left behind."""
     from hybridsim.cli import main
 
     def check(argv: list[str], needle: str) -> None:
@@ -27,5 +28,6 @@ def expect_one_line_error(tmp_path, monkeypatch, capsys):
         assert len(err.splitlines()) == 1, f"expected one line, got:\n{err}"
         assert "Traceback" not in err and needle in err, err
         assert not (tmp_path / "data").exists(), "bad input must be rejected before any work"
+        assert not (tmp_path / "run").exists(), "a rejected train must leave no run directory"
 
     return check

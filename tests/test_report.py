@@ -40,16 +40,17 @@ def hybridsim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """A real sweep: recipe.steps=3 x seed=0,1 x problem.noise=0,0.05 (jobs 0-3), then job 4
-    with recipe.steps=-1, which fails config validation and ends the sweep (the first swept
-    key varies slowest)."""
+    """A real sweep: recipe.steps=3 x seed=0,1 x problem.noise=0,0.05 (jobs 0-3), then jobs 4-7
+    with recipe.steps=-1, which fail config validation; the sweep goes on past them and exits
+    non-zero at the end (the first swept key varies slowest)."""
     cwd = tmp_path_factory.mktemp("work")
     proc = hybridsim(
         "train", "-m", *TINY, "recipe.steps=3,-1", "seed=0,1", "problem.noise=0,0.05",
         f"data_dir={cwd / 'data'}", f"hydra.sweep.dir={cwd / 'sweep'}", cwd=cwd,
     )  # fmt: skip
     assert proc.returncode != 0 and "recipe.steps must be > 0" in proc.stderr, proc.stderr
-    assert sorted(p.name for p in (cwd / "sweep").iterdir() if p.is_dir()) == list("01234")
+    assert "8 jobs, 4 done, 4 failed" in proc.stderr, proc.stderr
+    assert sorted(p.name for p in (cwd / "sweep").iterdir() if p.is_dir()) == list("01234567")
     return cwd, cwd / "sweep"
 
 
@@ -90,11 +91,12 @@ def test_report_of_a_real_sweep(sweep):
     ]
     assert data["unused"] == [
         {
-            "run": str(root / "4"),
-            "group": data["groups"][0]["name"].replace("recipe.steps=3", "recipe.steps=-1"),
+            "run": str(root / str(job)),
+            "group": data["groups"][job % 2]["name"].replace("recipe.steps=3", "recipe.steps=-1"),
             "status": "failed before training",
             "error": "recipe.steps must be > 0, got -1",
         }
+        for job in range(4, 8)
     ]
     runs = [root / str(i) for i in range(4)]
     for g in data["groups"]:
@@ -109,7 +111,7 @@ def test_report_of_a_real_sweep(sweep):
         assert (out / plot).stat().st_size > 1000
     md = (out / "report.md").read_text()
     assert "| group | hybrid |" in md and "## All metrics" in md and "## Runs not used" in md
-    assert "runs: 4 used, 1 not used (failed before training: 1)" in md
+    assert "runs: 4 used, 4 not used (failed before training: 4)" in md
 
     with (out / "report.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -140,7 +142,7 @@ def test_grouping_by_and_ignore(sweep):
     _, root = sweep
     by_seed = build_report([root], by=["seed"])
     assert [(g.name, len(g.runs)) for g in by_seed.groups] == [("seed=0", 2), ("seed=1", 2)]
-    assert [r.group for r in by_seed.unused] == ["seed=0"]
+    assert [r.group for r in by_seed.unused] == ["seed=0", "seed=0", "seed=1", "seed=1"]
     pooled = build_report([root], ignore=["problem.noise", "recipe.steps"])
     assert len(pooled.groups) == 1 and len(pooled.groups[0].runs) == 4
     assert pooled.groups[0].name.startswith("problem=lv ") and "seed" not in pooled.keys
