@@ -283,3 +283,37 @@ def test_stlsq_method_still_selectable():
     train = problem.generate("train", 1)
     out = problem.discover(_FakeUDE(cfg), train.arrays["u_true"].reshape(-1, 2), train)
     assert out["method"] == "stlsq" and out["candidates"] == []
+
+
+def test_backward_elimination_reaches_a_subset_no_candidate_proposed(monkeypatch):
+    """When the regression on an inaccurate learned term proposes only a superset of the true
+    structure ({y, xy, y³}), removing terms one at a time from the best fits finds {y, xy}."""
+    import hybridsim.numerics.discovery as disc
+
+    cfg = LVConfig(noise=0.05)
+    data = LotkaVolterra(cfg).generate("train", 1)
+    u = data.arrays["u_true"].reshape(-1, 2)
+    theta, terms = polynomial_library(u, 3, ("x", "y"))
+    proposals = {
+        0: [(terms.index("x"), terms.index("x y"))],
+        1: [(terms.index("y"), terms.index("x y"), terms.index("y^3"))],
+    }
+    calls = iter([0, 1])
+    monkeypatch.setattr(disc, "best_subsets", lambda *a, **k: proposals[next(calls)])
+    observed = data.arrays["u"]
+    found = disc.discover(
+        theta,
+        _learned(cfg, u),
+        disc_exponents(),
+        data.arrays["u0"],
+        data.coords["t"],
+        observed,
+        observed.reshape(-1, 2).std(0),
+    )
+    assert _support(found.coef, terms) == TRUE_SUPPORT, found.candidates[:3]
+
+
+def disc_exponents():
+    from hybridsim.numerics.sparse_regression import monomial_exponents
+
+    return monomial_exponents(2, 3)
