@@ -72,7 +72,7 @@ EXPERIMENTS = [
         "lv-unconstrained",
         "`problem.per_capita=false` (the paper's unconstrained NN₁, NN₂)",
         ["problem=lv", "problem.per_capita=false"],
-        seeds=5,
+        seeds=3,
         rows=LV_ROWS,
     ),
     Experiment(
