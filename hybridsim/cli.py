@@ -54,9 +54,11 @@ EXIT_USAGE, EXIT_ERROR = 2, 1
 # The settings of a run (TrainConfig's fields and the config groups): all that `resume` replays.
 RUN_KEYS = frozenset(
     {"problem", "solver", "correction", "recipe", "coupling", "seed", "device", "dtype"}
-    | {"data_dir", "evaluate", "progress", "experiment"}
+    | {"data_dir", "evaluate", "progress", "experiment", "logger"}
 )
-GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment"})
+GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment", "logger"})
+# Tracker settings that send a run's data somewhere else: never replayed from a run directory.
+REMOTE_TRACKING = ("logger.mlflow.tracking_uri", "logger.wandb.mode", "logger.wandb.entity")
 
 
 @dataclass
@@ -124,7 +126,8 @@ def _hydra_app(command: str):
                 num = _job_num()
                 print(f"hybridsim {command}: job {num} failed: {_one_line(e)}", file=sys.stderr)
                 _log_to_file(line)
-                return None
+                # A sweeper reads the return value: NaN is a failed trial to Optuna.
+                return float("nan") if command == "train" else None
             print(line, file=sys.stderr)
             if not _undo_single_run():
                 _log_to_file(line)
@@ -227,10 +230,12 @@ def _validate_train(cfg: Any) -> dict:
 
     from hybridsim.config import to_typed
     from hybridsim.problems.base import registered
+    from hybridsim.tracking import check_installed
 
     typed = to_typed(cfg)
     problem = registered()[typed.problem.name](typed.problem)
     problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
+    check_installed(list(typed.logger.enabled()))
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -264,7 +269,7 @@ def _generate(cfg) -> str:
     return str(path)
 
 
-def _train(cfg) -> str:
+def _train(cfg) -> float:
     import logging
 
     from hybridsim.config import to_typed
@@ -286,21 +291,51 @@ def _train(cfg) -> str:
             local.release()
 
 
-def _train_into(run_dir: Path, typed: Any, container: dict) -> str:
+def _train_into(run_dir: Path, typed: Any, container: dict) -> float:
+    """Train (and evaluate) into ``run_dir``; returns the objective of a sweep: the best
+    validation loss of the main model (``hybrid``)."""
     from omegaconf import OmegaConf
 
     from hybridsim.data import write_text_atomic
     from hybridsim.evaluate import print_table, run_eval
+    from hybridsim.tracking import Trackers
     from hybridsim.train import run_training
 
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
     print(f"run directory: {run_dir}", flush=True)
-    run_training(typed, run_dir, container)
-    if typed.evaluate:
-        print_table(run_eval(run_dir, device=typed.device))
-        print(f"evaluation: {run_dir / 'eval' / 'metrics.json'}")
+    enabled = typed.logger.enabled()
+    trackers = Trackers.open(run_dir, enabled, container) if enabled else None
+    status = "failed"
+    try:
+        run_training(typed, run_dir, container, tracker=trackers)
+        if typed.evaluate:
+            result = run_eval(run_dir, device=typed.device)
+            print_table(result)
+            print(f"evaluation: {run_dir / 'eval' / 'metrics.json'}")
+            if trackers is not None:
+                trackers.log_eval(result)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if trackers is not None:
+            trackers.close(status)
     print(run_dir)
-    return str(run_dir)
+    return objective(run_dir)
+
+
+def objective(run_dir: Path) -> float:
+    """The best validation loss of the run's main model, from its ``meta.json`` (NaN when the
+    run has none: Optuna records such a trial as failed)."""
+    import json
+
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        value = meta["fits"]["hybrid"]["best_val_loss"]
+        return float(value) if value is not None else float("nan")
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
 
 
 def _eval(cfg) -> dict:
@@ -394,12 +429,16 @@ def _replayable(item: Any, source: Path) -> str:
         raise ConfigError(f"{refuse}: a sweep is not one run")
     if re.search(r"\$\{\s*[\w.-]+\s*:", item):  # ${seed} is replayed, ${oc.env:X} is not
         raise ConfigError(f"{refuse}: resolver interpolations are not replayed")
+    if key in REMOTE_TRACKING:
+        raise ConfigError(f"{refuse}: where a tracker sends data is given on the command line")
     if key in GROUPS:
         value = override.value()
-        if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value)) or (
-            ".." in value
-        ):
-            raise ConfigError(f"{refuse}: {key} must name a config of its group")
+        names = value if key == "logger" and isinstance(value, list) else [value]
+        for name in names:
+            if not (
+                isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)
+            ) or (".." in name):
+                raise ConfigError(f"{refuse}: {key} must name a config of its group")
     return item
 
 

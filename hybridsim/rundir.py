@@ -25,7 +25,7 @@ from hybridsim.locks import Lock, lock_run_dir
 SAFE_KEYS = ("evaluate", "progress", "device", "data_dir", "recipe.log_every")
 # Keys a resume may increase: the budget of a phase that has not finished.
 GROWING_KEYS = ("recipe.steps", "recipe.polish_steps")
-ALLOWED = ", ".join([*SAFE_KEYS, *(f"{k} (larger)" for k in GROWING_KEYS)])
+ALLOWED = ", ".join([*SAFE_KEYS, "logger.*", *(f"{k} (larger)" for k in GROWING_KEYS)])
 
 # What Hydra and ``train`` write into a run directory before the training itself starts.
 _RECORD_FILES = (
@@ -81,8 +81,8 @@ def check_continuation(run_dir: Path, saved: dict[str, Any], new: dict[str, Any]
 
     diff = changes(saved, new)
     for key, (old, value) in diff.items():
-        if key in SAFE_KEYS:
-            continue
+        if key in SAFE_KEYS or key == "logger" or key.startswith("logger."):
+            continue  # trackers: see hybridsim.tracking (a resume may add or drop one)
         grows = (
             key in GROWING_KEYS and isinstance(old, int) and isinstance(value, int) and value > old
         )

@@ -171,8 +171,8 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step; on resume, later lines (and a line
     torn by a kill) are dropped."""
 
-    def __init__(self, path: Path, model: str, resume_step: int | None) -> None:
-        self.path, self.model = path, model
+    def __init__(self, path: Path, model: str, resume_step: int | None, sink: Any = None) -> None:
+        self.path, self.model, self.sink = path, model, sink
         if path.exists():
             require_regular_file(path, "metrics file")
         if resume_step is not None and path.exists():
@@ -184,12 +184,16 @@ class MetricsLog:
             text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in keep)
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
+            if sink is not None:
+                sink.resumed(model, resume_step)
 
     def write(self, step: int, phase: str, values: Mapping[str, float]) -> None:
         row = {"step": step, "model": self.model, "phase": phase, **values}
         row = {k: _json_value(v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
+        if self.sink is not None:  # the trackers (hybridsim.tracking): after the file has it
+            self.sink.row(row)
 
 
 def fit(
@@ -204,6 +208,7 @@ def fit(
     seed: int = 0,
     config: dict[str, Any] | None = None,
     progress: str = "auto",
+    tracker: Any = None,
 ) -> FitResult:
     """Train ``model`` by ``recipe``; checkpoints go to ``run_dir/checkpoints[/<name>]``.
 
@@ -244,7 +249,7 @@ def fit(
             polish_opt = _lbfgs(params)
             polish_opt.load_state_dict(ck["polish_optimizer"])
             polish_prev, polish_stage = ck.get("polish_prev"), ck.get("polish_stage")
-    log = MetricsLog(run_dir / "metrics.jsonl", name, step if last.exists() else None)
+    log = MetricsLog(run_dir / "metrics.jsonl", name, step if last.exists() else None, tracker)
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
     bar = Progress(progress, total, name)
 
@@ -452,10 +457,13 @@ def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=N
     }
 
 
-def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, FitResult]:
+def run_training(
+    cfg: Any, run_dir: Path, config: dict[str, Any], tracker: Any = None
+) -> dict[str, FitResult]:
     """The ``train`` command below the CLI: data, models, one fit per model, meta.json.
 
-    ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints).
+    ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints);
+    ``tracker`` receives every metrics row (``hybridsim.tracking.Trackers``).
     """
     from hybridsim.config import resolve_device
     from hybridsim.data import ensure_dataset, read_split
@@ -495,6 +503,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
                 seed=cfg.seed + i,
                 config=config,
                 progress=cfg.progress,
+                tracker=tracker,
             )
     except TrainingDiverged as e:
         _write_meta(run_dir, meta, "diverged", str(e))
