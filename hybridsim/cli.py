@@ -356,7 +356,31 @@ def _eval(cfg) -> dict:
     result = run_eval(typed.run, typed.ckpt, typed.device, typed.data_dir)
     print_table(result)
     print(f"evaluation: {Path(typed.run) / 'eval' / 'metrics.json'}")
+    _track_eval(Path(typed.run), result)
     return result
+
+
+def _track_eval(run_dir: Path, result: dict) -> None:
+    """Send a new evaluation to the trackers the run was trained with (their runs continue)."""
+    import yaml
+
+    from hybridsim.evaluate import load_run_config
+    from hybridsim.tracking import Trackers, TrackingError, check_installed
+
+    enabled = load_run_config(run_dir).logger.enabled()
+    if not enabled:
+        return
+    try:
+        check_installed(list(enabled))
+    except TrackingError as e:
+        print(f"hybridsim eval: warning: not tracked: {e}", file=sys.stderr)
+        return
+    container = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    trackers = Trackers.open(run_dir, enabled, container)
+    try:
+        trackers.log_eval(result)
+    finally:
+        trackers.close("completed")
 
 
 def _one_line(e: BaseException) -> str:

@@ -86,6 +86,10 @@ def test_every_tracker_resumed_without_duplicates(tmp_path, monkeypatch, capsys)
     assert any(a.path.endswith(".png") for a in client.list_artifacts(state["run_id"], "plots"))
     assert (tmp_path / "outputs" / "mlflow.db").is_file(), "the store lives under outputs/"
 
+    assert main(["eval", f"run={run}"]) == 0, capsys.readouterr().err  # a new evaluation
+    again = client.get_metric_history(state["run_id"], "eval/hybrid/rel_l2_window")
+    assert len(again) == 2 and client.get_run(state["run_id"]).info.status == "FINISHED"
+
     # TensorBoard: two event files (before and after the resume) read back as one history
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
@@ -100,12 +104,12 @@ def test_every_tracker_resumed_without_duplicates(tmp_path, monkeypatch, capsys)
         t.startswith("eval/plots") for t in tags["images"]
     )
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 3  # train, resume, eval
 
     # W&B offline: one run id, an offline run directory per attempt, each with its data file
     wandb_id = json.loads((run / "tracking" / "wandb.json").read_text())["run_id"]
     offline = sorted((run / "wandb").glob(f"offline-run-*-{wandb_id}"))
-    assert len(offline) == 2 and all((d / f"run-{wandb_id}.wandb").is_file() for d in offline)
+    assert len(offline) == 3 and all((d / f"run-{wandb_id}.wandb").is_file() for d in offline)
 
     # CSV: metrics.jsonl exactly, and the evaluation table
     with (run / "metrics.csv").open() as f:
