@@ -104,7 +104,8 @@ def test_every_tracker_resumed_without_duplicates(tmp_path, monkeypatch, capsys)
         t.startswith("eval/plots") for t in tags["images"]
     )
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 3  # train, resume, eval
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 3  # training, resume, eval
 
     # W&B offline: one run id, an offline run directory per attempt, each with its data file
     wandb_id = json.loads((run / "tracking" / "wandb.json").read_text())["run_id"]
