@@ -285,15 +285,35 @@ def _train(cfg) -> float:
         # callback removed from the config): lock and check here, for this job only.
         local = guard_run_dir(run_dir, container)
     try:
-        return _train_into(run_dir, typed, container)
+        attempt = _sweep_job_attempt(run_dir) if _in_multirun() else None
+        return _train_into(run_dir, typed, container, attempt)
     finally:
         if local is not None:
             local.release()
 
 
-def _train_into(run_dir: Path, typed: Any, container: dict) -> float:
+def _sweep_job_attempt(run_dir: Path) -> dict[str, Any]:
+    """A sweep job in a directory that may hold a run from an earlier launch of the same sweep
+    (docs/scaling.md): skip it if completed, resume it if interrupted, rerun it if it failed."""
+    from hybridsim.rundir import set_attempt_aside, sweep_action
+
+    action, attempt = sweep_action(run_dir)
+    where = f"sweep job {_job_num()}"
+    if action == "resumed":
+        print(f"{where}: resumed from step {attempt['from_step']} ({run_dir})", flush=True)
+    elif action == "rerun":
+        aside = set_attempt_aside(run_dir)
+        attempt["previous_attempt"] = str(aside.relative_to(run_dir))
+        print(f"{where}: rerun (it had {attempt['previous_status']}; kept in {aside})", flush=True)
+    elif action == "skipped":
+        print(f"{where}: skipped (completed before: {run_dir})", flush=True)
+    return attempt
+
+
+def _train_into(run_dir: Path, typed: Any, container: dict, attempt: dict | None = None) -> float:
     """Train (and evaluate) into ``run_dir``; returns the objective of a sweep: the best
-    validation loss of the main model (``hybrid``)."""
+    validation loss of the main model (``hybrid``). A sweep job skipped as completed is neither
+    trained, nor evaluated again (when its evaluation is there), nor tracked."""
     from omegaconf import OmegaConf
 
     from hybridsim.data import write_text_atomic
@@ -303,11 +323,17 @@ def _train_into(run_dir: Path, typed: Any, container: dict) -> float:
 
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
     print(f"run directory: {run_dir}", flush=True)
-    enabled = typed.logger.enabled()
+    if attempt and attempt["action"] == "skipped":
+        if not typed.evaluate or (run_dir / "eval" / "metrics.json").is_file():
+            # Checks that it is complete (then writes nothing); else it goes on from last.pt.
+            run_training(typed, run_dir, container, attempt={"action": "resumed"})
+            print(run_dir)
+            return objective(run_dir)
+    enabled = typed.logger.enabled() if not (attempt and attempt["action"] == "skipped") else {}
     trackers = Trackers.open(run_dir, enabled, container) if enabled else None
     status = "failed"
     try:
-        run_training(typed, run_dir, container, tracker=trackers)
+        run_training(typed, run_dir, container, tracker=trackers, attempt=attempt)
         if typed.evaluate:
             result = run_eval(run_dir, device=typed.device)
             print_table(result)
@@ -550,39 +576,62 @@ class UsageError(ValueError):
 def _sweep_summary(command: str) -> int:
     """After a multirun: one line for the sweep, one per failed job; EXIT_ERROR if any failed.
     Reads each job's record from disk (so it works with any launcher): this sweep's jobs are the
-    job directories whose ``.hydra/hydra.yaml`` was written after it started."""
+    job directories whose ``.hydra/hydra.yaml`` was written after it started. A sweep run again
+    in the same directory says how many jobs it skipped (completed before), resumed and rerun."""
     from hybridsim.report.runs import ReportError, read_run
 
     root = _SESSION.sweep_dir
     if root is None or not root.is_dir():
         return 0
+    started = _SESSION.sweep_started - 1
     jobs = []
     for hydra_yaml in root.glob("*/.hydra/hydra.yaml"):
-        if hydra_yaml.stat().st_mtime >= _SESSION.sweep_started - 1:
+        if hydra_yaml.stat().st_mtime >= started:
             jobs.append(hydra_yaml.parent.parent)
-    done, failed = [], []
+    done, failed, actions = [], [], dict.fromkeys(("skipped", "resumed", "rerun"), 0)
     for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        meta = None
         try:
             run = read_run(job)
+            meta = run.meta
             status = run.meta.get("status") if run.meta else None
             error = run.error
         except ReportError as e:
             status, error = None, str(e)
+        action = _job_action(job, meta, started)
+        if action in actions:
+            actions[action] += 1
         if status == "completed" and not error:
             done.append(job)
         else:
             failed.append((job, error or status or "did not start"))
+    names = {"skipped": "skipped (completed before)", "resumed": "resumed", "rerun": "rerun"}
+    again = ", ".join(f"{n} {names[a]}" for a, n in actions.items() if n)
+    again = f" ({again})" if again else ""
     if not failed:
-        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done")
+        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done{again}")
         return 0
     print(
         f"hybridsim {command}: sweep {root}: {len(jobs)} jobs, {len(done)} done, "
-        f"{len(failed)} failed",
+        f"{len(failed)} failed{again}; run the same command again to rerun the failed jobs "
+        "(and resume interrupted ones, skipping the rest)",
         file=sys.stderr,
     )
     for job, why in failed:
         print(f"  job {job.name} failed ({job}): {why}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _job_action(job: Path, meta: dict | None, started: float) -> str:
+    """What this launch did with a job: its meta.json's record, written by this launch; a
+    meta.json that this launch left untouched is a job skipped as completed before."""
+    path = job / "meta.json"
+    if not meta or not path.is_file():
+        return "new"
+    if path.stat().st_mtime < started:
+        return "skipped" if meta.get("status") == "completed" else "new"
+    attempt = meta.get("attempt")
+    return str(attempt.get("action", "new")) if isinstance(attempt, dict) else "new"
 
 
 def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:

@@ -458,12 +458,17 @@ def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=N
 
 
 def run_training(
-    cfg: Any, run_dir: Path, config: dict[str, Any], tracker: Any = None
+    cfg: Any,
+    run_dir: Path,
+    config: dict[str, Any],
+    tracker: Any = None,
+    attempt: dict[str, Any] | None = None,
 ) -> dict[str, FitResult]:
     """The ``train`` command below the CLI: data, models, one fit per model, meta.json.
 
     ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints);
-    ``tracker`` receives every metrics row (``hybridsim.tracking.Trackers``).
+    ``tracker`` receives every metrics row (``hybridsim.tracking.Trackers``); ``attempt``
+    (a sweep job's action: new, resumed, rerun) is recorded in ``meta.json``.
     """
     from hybridsim.config import resolve_device
     from hybridsim.data import ensure_dataset, read_split
@@ -486,6 +491,8 @@ def run_training(
         print(f"training: already complete in {run_dir} (nothing to do)", flush=True)
         return {}
     meta = _meta(cfg, path, device)
+    if attempt:
+        meta["attempt"] = attempt
     _write_meta(run_dir, meta, "running")
     results: dict[str, FitResult] = {}
     try:

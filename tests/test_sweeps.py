@@ -1,0 +1,119 @@
+"""Sweeps: a sweep launched again in the same directory skips completed jobs, resumes
+interrupted ones from last.pt and reruns failed ones; the Optuna sweeper; submitit's local
+executor. In-process (Hydra's basic launcher) except where separate processes are the point."""
+
+import json
+import signal
+from pathlib import Path
+
+import torch
+import yaml
+
+from hybridsim import interrupts, train
+from hybridsim.cli import main
+from hybridsim.problems.lotka_volterra import LotkaVolterra
+
+TINY = [
+    "problem=lv",
+    "problem.t_train=1.0",
+    "problem.t_test=2.0",
+    "recipe.steps=6",
+    "recipe.polish=none",
+    "recipe.val_every=2",
+    "recipe.log_every=1",
+    "recipe.unroll=[3]",
+    "recipe.baselines=false",
+    "progress=none",
+    "correction.width=[8]",
+]
+
+
+def _train_steps(run: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "train/loss" in r]
+
+
+def test_sweep_run_again_skips_resumes_and_reruns(tmp_path, monkeypatch, capsys):
+    """Three jobs: job 0 fails at step 3 (a RuntimeError in its loss), job 1 is stopped by
+    SIGTERM at step 5 (the sweep stops there; job 2 never starts). The same command again reruns
+    job 0 from the start (its failed attempt kept in .attempts/1), resumes job 1 from step 4 and
+    starts job 2; once more, it skips all three and changes nothing."""
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    argv = ["train", "-m", *TINY, "evaluate=false", "seed=0,1,2", f"hydra.sweep.dir={sweep}"]
+    loss, calls = LotkaVolterra.loss, {"n": 0}
+
+    def failing_loss(self, model, batch):
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 3:  # job 0, step 3
+                raise RuntimeError("a transient failure")
+        return loss(self, model, batch)
+
+    checks = {"n": 0}
+
+    def sigterm_in_job_1() -> None:  # job 0 checks twice (steps 1-2); job 1: steps 1-5
+        checks["n"] += 1
+        if checks["n"] == 2 + 5:
+            raise interrupts.Interrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(LotkaVolterra, "loss", failing_loss)
+    monkeypatch.setattr(train, "check_interrupt", sigterm_in_job_1)
+    assert main(argv) == 143
+    err = capsys.readouterr().err
+    assert "job 0 failed: a transient failure" in err and "interrupted (SIGTERM)" in err
+    meta = {j: json.loads((sweep / j / "meta.json").read_text()) for j in ("0", "1")}
+    assert meta["0"]["status"] == "failed" and meta["1"]["status"] == "interrupted"
+    assert not (sweep / "2").exists()
+
+    monkeypatch.setattr(LotkaVolterra, "loss", loss)
+    monkeypatch.setattr(train, "check_interrupt", lambda: None)
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"sweep {sweep}: 3 of 3 jobs done (1 resumed, 1 rerun)" in out
+    assert "sweep job 0: rerun (it had failed" in out
+    assert "sweep job 1: resumed from step 4" in out
+    for j in ("0", "1", "2"):
+        assert _train_steps(sweep / j) == [1, 2, 3, 4, 5, 6], f"job {j}"
+    attempt = json.loads((sweep / "0" / "meta.json").read_text())["attempt"]
+    assert attempt["action"] == "rerun" and attempt["previous_status"] == "failed"
+    assert "a transient failure" in attempt["previous_error"]
+    old = sweep / "0" / ".attempts" / "1"
+    assert json.loads((old / "meta.json").read_text())["status"] == "failed"
+    assert _train_steps(old) == [1, 2] and "a transient failure" in (old / "train.log").read_text()
+    assert "a transient failure" not in (sweep / "0" / "train.log").read_text()
+    resumed = json.loads((sweep / "1" / "meta.json").read_text())["attempt"]
+    assert resumed == {"action": "resumed", "previous_status": "interrupted", "from_step": 4}
+    assert json.loads((sweep / "2" / "meta.json").read_text())["attempt"] == {"action": "new"}
+
+    before = {p: p.read_bytes() for p in sweep.glob("*/*") if p.is_file()}
+    before.update({p: p.read_bytes() for p in sweep.glob("*/checkpoints/*.pt")})
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"sweep {sweep}: 3 of 3 jobs done (3 skipped (completed before))" in out
+    for path, data in before.items():
+        if path.suffix != ".log":
+            assert path.read_bytes() == data, f"{path} changed"
+
+    # the report finds the three runs, not the attempt set aside
+    from hybridsim.report.runs import find_runs
+
+    assert [p.name for p in find_runs(sweep)] == ["0", "1", "2"]
+
+
+def test_sweep_run_again_with_other_settings_fails_each_job(tmp_path, monkeypatch, capsys):
+    """The same sweep directory with a changed setting: every job refuses (its run is another
+    one), naming the key; nothing is changed."""
+    monkeypatch.chdir(tmp_path)
+    sweep = tmp_path / "sweep"
+    argv = ["train", "-m", *TINY, "recipe.steps=2", "evaluate=false", "seed=0,1"]
+    assert main([*argv, f"hydra.sweep.dir={sweep}"]) == 0
+    capsys.readouterr()
+    metrics = (sweep / "0" / "metrics.jsonl").read_bytes()
+    assert main([*argv, "recipe.lr=0.1", f"hydra.sweep.dir={sweep}"]) == 1
+    err = capsys.readouterr().err
+    assert "2 jobs, 0 done, 2 failed" in err and "recipe.lr=0.1 would change what the run is" in err
+    assert (sweep / "0" / "metrics.jsonl").read_bytes() == metrics
+    assert (
+        yaml.safe_load((sweep / "0" / "config_resolved.yaml").read_text())["recipe"]["lr"] == 0.005
+    )
