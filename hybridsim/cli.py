@@ -12,6 +12,7 @@ See docs/reliability.md.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -126,8 +127,9 @@ def _hydra_app(command: str):
                 num = _job_num()
                 print(f"hybridsim {command}: job {num} failed: {_one_line(e)}", file=sys.stderr)
                 _log_to_file(line)
-                # A sweeper reads the return value: NaN is a failed trial to Optuna.
-                return float("nan") if command == "train" else None
+                # A sweeper reads the return value: +inf is the worst loss to Optuna (NaN
+                # would stop its sweep), so the search goes on past a failed trial.
+                return float("inf") if command == "train" else None
             print(line, file=sys.stderr)
             if not _undo_single_run():
                 _log_to_file(line)
@@ -352,16 +354,16 @@ def _train_into(run_dir: Path, typed: Any, container: dict, attempt: dict | None
 
 
 def objective(run_dir: Path) -> float:
-    """The best validation loss of the run's main model, from its ``meta.json`` (NaN when the
-    run has none: Optuna records such a trial as failed)."""
+    """The best validation loss of the run's main model, from its ``meta.json`` (+inf when it
+    has none or it is not finite: the worst value, to a sweeper that minimises)."""
     import json
 
     try:
         meta = json.loads((run_dir / "meta.json").read_text())
-        value = meta["fits"]["hybrid"]["best_val_loss"]
-        return float(value) if value is not None else float("nan")
+        value = float(meta["fits"]["hybrid"]["best_val_loss"])
     except (OSError, ValueError, KeyError, TypeError):
-        return float("nan")
+        return float("inf")
+    return value if math.isfinite(value) else float("inf")
 
 
 def _eval(cfg) -> dict:
@@ -695,6 +697,10 @@ def _main(argv: list[str]) -> int:
         return report_main(rest)
     # We print errors ourselves, as one line; Hydra then re-raises instead of printing.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    import logging
+
+    for noisy in ("alembic", "mlflow"):  # imported by the Optuna sweeper, the MLflow tracker
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         flags = _check_flags(command, rest)
     except UsageError as e:
