@@ -179,3 +179,34 @@ def test_optuna_examples_compose(name, problem, capsys):
     assert space["recipe.lr"].__class__.__name__ == "LogUniformDistribution"
     for choice in space["correction.width"].choices:
         assert yaml.safe_load(choice) and all(w > 0 for w in yaml.safe_load(choice))
+
+
+@pytest.mark.slow
+def test_submitit_local_jobs_in_their_own_processes(tmp_path):
+    """hydra/launcher=submitit_local (what hydra/launcher=slurm does on a cluster, here through
+    submitit's local executor): two jobs in separate processes, each in its own run directory,
+    the summary read from disk; the same command again skips both."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    import os
+    import subprocess
+    import sys
+
+    sweep = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "hybridsim", "train", "-m", "hydra/launcher=submitit_local"]
+    argv += ["hydra.launcher.timeout_min=5", *TINY, "evaluate=false", "seed=0,1"]
+    argv += [f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"sweep {sweep}: 2 of 2 jobs done" in proc.stdout
+    metas = [json.loads((sweep / j / "meta.json").read_text()) for j in ("0", "1")]
+    pids = {m["pid"] for m in metas}
+    assert len(pids) == 2 and os.getpid() not in pids, "each job in a process of its own"
+    assert all(m["status"] == "completed" for m in metas)
+    assert {
+        yaml.safe_load((sweep / j / "config_resolved.yaml").read_text())["seed"] for j in "01"
+    } == {0, 1}
+    assert list((sweep / ".submitit").iterdir()), "submitit's own job folders"
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "2 of 2 jobs done (2 skipped (completed before))" in again.stdout
