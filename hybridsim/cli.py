@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridsim import interrupts
+from hybridsim import interrupts, parallel
 
 USAGE = """\
 usage: hybridsim <command> [overrides ...] [--help] [--cfg job] [-m]
@@ -238,6 +238,8 @@ def _validate_train(cfg: Any) -> dict:
     problem = registered()[typed.problem.name](typed.problem)
     problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
     check_installed(list(typed.logger.enabled()))
+    if parallel.world().active:
+        parallel.check_supported(problem, typed.recipe)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -335,6 +337,8 @@ def _train_into(run_dir: Path, typed: Any, container: dict, attempt: dict | None
     trackers = Trackers.open(run_dir, enabled, container) if enabled else None
     status = "failed"
     try:
+        if parallel.world().active:  # the other ranks of torchrun train beside this one
+            parallel.send_job({"run_dir": str(run_dir), "config": container})
         run_training(typed, run_dir, container, tracker=trackers, attempt=attempt)
         if typed.evaluate:
             result = run_eval(run_dir, device=typed.device)
@@ -636,6 +640,29 @@ def _job_action(job: Path, meta: dict | None, started: float) -> str:
     return str(attempt.get("action", "new")) if isinstance(attempt, dict) else "new"
 
 
+def _ddp_worker() -> int:
+    """A rank other than 0 under torchrun: train the run rank 0 sends (no Hydra, no writes);
+    errors are rank 0's to report, a worker adds one line naming its rank."""
+    from hybridsim.config import typed_train_config
+    from hybridsim.train import run_training
+
+    rank = parallel.world().rank
+    job = parallel.receive_job()
+    if job is None:  # rank 0 stopped before training (and said why)
+        parallel.barrier()
+        return EXIT_ERROR
+    try:
+        run_training(typed_train_config(job["config"]), Path(job["run_dir"]), job["config"])
+    except KeyboardInterrupt as e:
+        return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("HYBRIDSIM_DEBUG"):
+            raise
+        print(f"hybridsim train (rank {rank}): error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
 def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     name = e.args[0] if isinstance(e, interrupts.Interrupted) else "SIGINT"
     line = f"hybridsim {command}: interrupted ({name})"
@@ -644,7 +671,9 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
         return f"{line}; the jobs run so far are in {_SESSION.sweep_dir}"
     if command == "train" and guard is not None:
         if (guard.run_dir / "meta.json").is_file():
-            return f"{line}; continue with: hybridsim train resume={guard.run_dir}"
+            world = parallel.world()
+            launcher = f"torchrun --nproc_per_node={world.size} -m " if world.active else ""
+            return f"{line}; continue with: {launcher}hybridsim train resume={guard.run_dir}"
         return f"{line}; nothing was kept"
     return line
 
@@ -656,6 +685,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     finally:
         _SESSION.close()
+        parallel.finish()
         interrupts.restore(previous)
 
 
@@ -706,6 +736,16 @@ def _main(argv: list[str]) -> int:
     except UsageError as e:
         print(f"hybridsim {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "train" and parallel.launched():
+        if flags.multirun:
+            print(
+                "hybridsim train: error: a sweep (-m) cannot run under torchrun: torchrun makes "
+                "one run data-parallel; launch the sweep's jobs with hydra/launcher=... instead",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if not parallel.init().main:
+            return _ddp_worker()
     try:
         if command == "train":
             rest = _rewrite_resume(rest)
