@@ -41,6 +41,10 @@ examples:
   hybridsim train -m problem=lv correction=none,mlp seed=0,1
   hybridsim eval run=outputs/train/<date>/<time>
   hybridsim report outputs/train-multirun/<date>/<time>
+  hybridsim train problem=lv logger=[tensorboard,mlflow]      (trackers, docs/tracking.md)
+  hybridsim train -m +sweep=lv_optuna                         (Optuna search, docs/scaling.md)
+  hybridsim train -m hydra/launcher=slurm seed=1,2,3          (SLURM through submitit)
+  torchrun --nproc_per_node=2 -m hybridsim train problem=ct   (one run data-parallel, DDP)
   hybridsim train --help          (config groups and options of a command)
   hybridsim train --cfg job       (the composed config, without running)
   hybridsim report --help         (grouping and the files it writes)
