@@ -608,7 +608,7 @@ def _sweep_summary(command: str) -> int:
             error = run.error
         except ReportError as e:
             status, error = None, str(e)
-        action = _job_action(job, meta, started)
+        action = _job_action(job, meta)
         if action in actions:
             actions[action] += 1
         if status == "completed" and not error:
@@ -632,13 +632,14 @@ def _sweep_summary(command: str) -> int:
     return EXIT_ERROR
 
 
-def _job_action(job: Path, meta: dict | None, started: float) -> str:
-    """What this launch did with a job: its meta.json's record, written by this launch; a
-    meta.json that this launch left untouched is a job skipped as completed before."""
+def _job_action(job: Path, meta: dict | None) -> str:
+    """What this launch did with a job: the record in its meta.json when this launch wrote it
+    (after Hydra wrote the job's ``.hydra/hydra.yaml``); a meta.json older than that was left
+    untouched: a job skipped as completed before."""
     path = job / "meta.json"
     if not meta or not path.is_file():
         return "new"
-    if path.stat().st_mtime < started:
+    if path.stat().st_mtime_ns < (job / ".hydra" / "hydra.yaml").stat().st_mtime_ns:
         return "skipped" if meta.get("status") == "completed" else "new"
     attempt = meta.get("attempt")
     return str(attempt.get("action", "new")) if isinstance(attempt, dict) else "new"
