@@ -269,7 +269,7 @@ def fit(
         # Every rank stops at the same step (a signal reaches the ranks at different times).
         signum = parallel.agreed_signal(interrupts.pending())
         if signum is not None:
-            interrupts.check()
+            interrupts.check(force=True)
             raise Interrupted(signum)
 
     def diverged(what: str, cause: str) -> TrainingDiverged:
@@ -299,7 +299,7 @@ def fit(
             save_atomic(ck, last)
 
     # Under DDP a signal is held until the ranks agree on it at the end of a step.
-    with interrupts.deferred() if ddp is not None else contextlib.nullcontext():
+    with interrupts.held() if ddp is not None else contextlib.nullcontext():
         try:
             while phase == "adam" and step < recipe.steps:
                 model.train()

@@ -144,3 +144,24 @@ def test_sweep_under_torchrun_refused(monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("hybridsim train: error: a sweep (-m) cannot run under torchrun")
     assert len(err.splitlines()) == 1
+
+
+def test_held_signal_waits_for_its_owner(tmp_path):
+    """Inside interrupts.held() (the DDP training loop), a SIGTERM does not abandon rank 0's
+    checkpoint write on its own (the other ranks would go on); the loop's owner raises it,
+    with check(force=True), where the ranks agreed to stop."""
+    from hybridsim import interrupts
+    from hybridsim.data import write_text_atomic
+
+    previous = interrupts.install()
+    try:
+        with pytest.raises(interrupts.Interrupted) as e:
+            with interrupts.held():
+                signal.raise_signal(signal.SIGTERM)
+                write_text_atomic(tmp_path / "last.txt", "complete")
+                assert (tmp_path / "last.txt").read_text() == "complete"
+                assert interrupts.pending() == signal.SIGTERM
+                interrupts.check(force=True)
+        assert e.value.signum == signal.SIGTERM and interrupts.pending() is None
+    finally:
+        interrupts.restore(previous)
