@@ -26,13 +26,16 @@ class MLflowBackend(Backend):
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
 
-            outputs = Path.cwd() / "outputs"
-            uri = state.get("tracking_uri") or settings.tracking_uri
-            artifacts = None
-            if uri is None:
-                outputs.mkdir(exist_ok=True)
-                uri = f"sqlite:///{outputs / 'mlflow.db'}"
-                artifacts = (outputs / "mlartifacts").as_uri()
+        outputs = Path.cwd() / "outputs"
+        uri = state.get("tracking_uri") or settings.tracking_uri
+        artifacts = None
+        if uri is None:
+            outputs.mkdir(exist_ok=True)
+            uri = f"sqlite:///{outputs / 'mlflow.db'}"
+            artifacts = (outputs / "mlartifacts").as_uri()
+        self.lock_path = Path(uri[len("sqlite:///") :] + ".lock") if _sqlite(uri) else None
+        with self._exclusive(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             self.client = MlflowClient(tracking_uri=uri)
             run_id = state.get("run_id")
             if run_id:
@@ -52,6 +55,20 @@ class MLflowBackend(Backend):
                 if (run_dir / "config_resolved.yaml").is_file():
                     self.client.log_artifact(run_id, str(run_dir / "config_resolved.yaml"))
         self.run_id = run_id
+
+    def _exclusive(self) -> Any:
+        """One writer at a time on a SQLite store: the jobs of a parallel sweep share it, and
+        two of them creating its tables at once, or writing at once, would wait on SQLite's
+        lock or fail ("database is locked")."""
+        import contextlib
+
+        if self.lock_path is None:
+            return contextlib.nullcontext()
+        from hybridsim.locks import Lock
+
+        lock = Lock(self.lock_path, directory=False)
+        lock.acquire(blocking=True)
+        return lock
 
     def _experiment(self, name: str, artifacts: str | None) -> str:
         from mlflow.exceptions import MlflowException
@@ -74,7 +91,8 @@ class MLflowBackend(Backend):
         now = int(time.time() * 1000)
         metrics = [Metric(f"{model}/{k}", v, now, step) for k, v in values.items()]
         if metrics:
-            self.client.log_batch(self.run_id, metrics=metrics)
+            with self._exclusive():
+                self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_eval(self, result: dict[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -86,15 +104,21 @@ class MLflowBackend(Backend):
             for model, row in table.items()
             for metric, value in row.items()
         ]
-        for i in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
-        self.client.log_text(self.run_id, markdown_table(table), "eval/table.md")
-        if (self.run_dir / "eval").is_dir():
-            self.client.log_artifacts(self.run_id, str(self.run_dir / "eval"), "eval")
-        if (self.run_dir / "plots").is_dir():
-            self.client.log_artifacts(self.run_id, str(self.run_dir / "plots"), "plots")
+        with self._exclusive():
+            for i in range(0, len(metrics), 1000):
+                self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+            self.client.log_text(self.run_id, markdown_table(table), "eval/table.md")
+            if (self.run_dir / "eval").is_dir():
+                self.client.log_artifacts(self.run_id, str(self.run_dir / "eval"), "eval")
+            if (self.run_dir / "plots").is_dir():
+                self.client.log_artifacts(self.run_id, str(self.run_dir / "plots"), "plots")
 
     def close(self, status: str) -> None:
-        if (self.run_dir / "metrics.jsonl").is_file():
-            self.client.log_artifact(self.run_id, str(self.run_dir / "metrics.jsonl"))
-        self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))
+        with self._exclusive():
+            if (self.run_dir / "metrics.jsonl").is_file():
+                self.client.log_artifact(self.run_id, str(self.run_dir / "metrics.jsonl"))
+            self.client.set_terminated(self.run_id, STATUS.get(status, "FAILED"))
+
+
+def _sqlite(uri: str) -> bool:
+    return uri.startswith("sqlite:///")
