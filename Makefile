@@ -3,8 +3,8 @@ PIP ?= $(PYTHON) -m pip
 
 .PHONY: install test test-fast lint format bench results demo-lv demo-ct demo-ns clean
 
-install:  ## install hybridsim with its dev tools (editable)
-	$(PIP) install -e ".[dev]"
+install:  ## install hybridsim with its dev tools, sweepers/launchers and trackers (editable)
+	$(PIP) install -e ".[dev,sweep,tracking]"
 
 test:  ## the test suite (CPU, a few minutes on 2 cores)
 	$(PYTHON) -m pytest -q

@@ -12,6 +12,7 @@ See docs/reliability.md.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridsim import interrupts
+from hybridsim import interrupts, parallel
 
 USAGE = """\
 usage: hybridsim <command> [overrides ...] [--help] [--cfg job] [-m]
@@ -40,6 +41,10 @@ examples:
   hybridsim train -m problem=lv correction=none,mlp seed=0,1
   hybridsim eval run=outputs/train/<date>/<time>
   hybridsim report outputs/train-multirun/<date>/<time>
+  hybridsim train problem=lv logger=[tensorboard,mlflow]      (trackers, docs/tracking.md)
+  hybridsim train -m +sweep=lv_optuna                         (Optuna search, docs/scaling.md)
+  hybridsim train -m hydra/launcher=slurm seed=1,2,3          (SLURM through submitit)
+  torchrun --nproc_per_node=2 -m hybridsim train problem=ct   (one run data-parallel, DDP)
   hybridsim train --help          (config groups and options of a command)
   hybridsim train --cfg job       (the composed config, without running)
   hybridsim report --help         (grouping and the files it writes)
@@ -54,9 +59,11 @@ EXIT_USAGE, EXIT_ERROR = 2, 1
 # The settings of a run (TrainConfig's fields and the config groups): all that `resume` replays.
 RUN_KEYS = frozenset(
     {"problem", "solver", "correction", "recipe", "coupling", "seed", "device", "dtype"}
-    | {"data_dir", "evaluate", "progress", "experiment"}
+    | {"data_dir", "evaluate", "progress", "experiment", "logger"}
 )
-GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment"})
+GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment", "logger"})
+# Tracker settings that send a run's data somewhere else: never replayed from a run directory.
+REMOTE_TRACKING = ("logger.mlflow.tracking_uri", "logger.wandb.mode", "logger.wandb.entity")
 
 
 @dataclass
@@ -124,7 +131,9 @@ def _hydra_app(command: str):
                 num = _job_num()
                 print(f"hybridsim {command}: job {num} failed: {_one_line(e)}", file=sys.stderr)
                 _log_to_file(line)
-                return None
+                # A sweeper reads the return value: +inf is the worst loss to Optuna (NaN
+                # would stop its sweep), so the search goes on past a failed trial.
+                return float("inf") if command == "train" else None
             print(line, file=sys.stderr)
             if not _undo_single_run():
                 _log_to_file(line)
@@ -227,10 +236,14 @@ def _validate_train(cfg: Any) -> dict:
 
     from hybridsim.config import to_typed
     from hybridsim.problems.base import registered
+    from hybridsim.tracking import check_installed
 
     typed = to_typed(cfg)
     problem = registered()[typed.problem.name](typed.problem)
     problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
+    check_installed(list(typed.logger.enabled()))
+    if parallel.world().active:
+        parallel.check_supported(problem, typed.recipe)
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -264,7 +277,7 @@ def _generate(cfg) -> str:
     return str(path)
 
 
-def _train(cfg) -> str:
+def _train(cfg) -> float:
     import logging
 
     from hybridsim.config import to_typed
@@ -280,27 +293,85 @@ def _train(cfg) -> str:
         # callback removed from the config): lock and check here, for this job only.
         local = guard_run_dir(run_dir, container)
     try:
-        return _train_into(run_dir, typed, container)
+        attempt = _sweep_job_attempt(run_dir) if _in_multirun() else None
+        return _train_into(run_dir, typed, container, attempt)
     finally:
         if local is not None:
             local.release()
 
 
-def _train_into(run_dir: Path, typed: Any, container: dict) -> str:
+def _sweep_job_attempt(run_dir: Path) -> dict[str, Any]:
+    """A sweep job in a directory that may hold a run from an earlier launch of the same sweep
+    (docs/scaling.md): skip it if completed, resume it if interrupted, rerun it if it failed."""
+    from hybridsim.rundir import set_attempt_aside, sweep_action
+
+    action, attempt = sweep_action(run_dir)
+    where = f"sweep job {_job_num()}"
+    if action == "resumed":
+        print(f"{where}: resumed from step {attempt['from_step']} ({run_dir})", flush=True)
+    elif action == "rerun":
+        aside = set_attempt_aside(run_dir)
+        attempt["previous_attempt"] = str(aside.relative_to(run_dir))
+        print(f"{where}: rerun (it had {attempt['previous_status']}; kept in {aside})", flush=True)
+    elif action == "skipped":
+        print(f"{where}: skipped (completed before: {run_dir})", flush=True)
+    return attempt
+
+
+def _train_into(run_dir: Path, typed: Any, container: dict, attempt: dict | None = None) -> float:
+    """Train (and evaluate) into ``run_dir``; returns the objective of a sweep: the best
+    validation loss of the main model (``hybrid``). A sweep job skipped as completed is neither
+    trained, nor evaluated again (when its evaluation is there), nor tracked."""
     from omegaconf import OmegaConf
 
     from hybridsim.data import write_text_atomic
     from hybridsim.evaluate import print_table, run_eval
+    from hybridsim.tracking import Trackers
     from hybridsim.train import run_training
 
     write_text_atomic(run_dir / "config_resolved.yaml", OmegaConf.to_yaml(container))
     print(f"run directory: {run_dir}", flush=True)
-    run_training(typed, run_dir, container)
-    if typed.evaluate:
-        print_table(run_eval(run_dir, device=typed.device))
-        print(f"evaluation: {run_dir / 'eval' / 'metrics.json'}")
+    if attempt and attempt["action"] == "skipped":
+        if not typed.evaluate or (run_dir / "eval" / "metrics.json").is_file():
+            # Checks that it is complete (then writes nothing); else it goes on from last.pt.
+            run_training(typed, run_dir, container, attempt={"action": "resumed"})
+            print(run_dir)
+            return objective(run_dir)
+    enabled = typed.logger.enabled() if not (attempt and attempt["action"] == "skipped") else {}
+    trackers = Trackers.open(run_dir, enabled, container) if enabled else None
+    status = "failed"
+    try:
+        if parallel.world().active:  # the other ranks of torchrun train beside this one
+            parallel.send_job({"run_dir": str(run_dir), "config": container})
+        run_training(typed, run_dir, container, tracker=trackers, attempt=attempt)
+        if typed.evaluate:
+            result = run_eval(run_dir, device=typed.device)
+            print_table(result)
+            print(f"evaluation: {run_dir / 'eval' / 'metrics.json'}")
+            if trackers is not None:
+                trackers.log_eval(result)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        if trackers is not None:
+            trackers.close(status)
     print(run_dir)
-    return str(run_dir)
+    return objective(run_dir)
+
+
+def objective(run_dir: Path) -> float:
+    """The best validation loss of the run's main model, from its ``meta.json`` (+inf when it
+    has none or it is not finite: the worst value, to a sweeper that minimises)."""
+    import json
+
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+        value = float(meta["fits"]["hybrid"]["best_val_loss"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("inf")
+    return value if math.isfinite(value) else float("inf")
 
 
 def _eval(cfg) -> dict:
@@ -321,7 +392,31 @@ def _eval(cfg) -> dict:
     result = run_eval(typed.run, typed.ckpt, typed.device, typed.data_dir)
     print_table(result)
     print(f"evaluation: {Path(typed.run) / 'eval' / 'metrics.json'}")
+    _track_eval(Path(typed.run), result)
     return result
+
+
+def _track_eval(run_dir: Path, result: dict) -> None:
+    """Send a new evaluation to the trackers the run was trained with (their runs continue)."""
+    import yaml
+
+    from hybridsim.evaluate import load_run_config
+    from hybridsim.tracking import Trackers, TrackingError, check_installed
+
+    enabled = load_run_config(run_dir).logger.enabled()
+    if not enabled:
+        return
+    try:
+        check_installed(list(enabled))
+    except TrackingError as e:
+        print(f"hybridsim eval: warning: not tracked: {e}", file=sys.stderr)
+        return
+    container = yaml.safe_load((run_dir / "config_resolved.yaml").read_text())
+    trackers = Trackers.open(run_dir, enabled, container)
+    try:
+        trackers.log_eval(result)
+    finally:
+        trackers.close("completed")
 
 
 def _one_line(e: BaseException) -> str:
@@ -394,12 +489,16 @@ def _replayable(item: Any, source: Path) -> str:
         raise ConfigError(f"{refuse}: a sweep is not one run")
     if re.search(r"\$\{\s*[\w.-]+\s*:", item):  # ${seed} is replayed, ${oc.env:X} is not
         raise ConfigError(f"{refuse}: resolver interpolations are not replayed")
+    if key in REMOTE_TRACKING:
+        raise ConfigError(f"{refuse}: where a tracker sends data is given on the command line")
     if key in GROUPS:
         value = override.value()
-        if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", value)) or (
-            ".." in value
-        ):
-            raise ConfigError(f"{refuse}: {key} must name a config of its group")
+        names = value if key == "logger" and isinstance(value, list) else [value]
+        for name in names:
+            if not (
+                isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)
+            ) or (".." in name):
+                raise ConfigError(f"{refuse}: {key} must name a config of its group")
     return item
 
 
@@ -487,39 +586,86 @@ class UsageError(ValueError):
 def _sweep_summary(command: str) -> int:
     """After a multirun: one line for the sweep, one per failed job; EXIT_ERROR if any failed.
     Reads each job's record from disk (so it works with any launcher): this sweep's jobs are the
-    job directories whose ``.hydra/hydra.yaml`` was written after it started."""
+    job directories whose ``.hydra/hydra.yaml`` was written after it started. A sweep run again
+    in the same directory says how many jobs it skipped (completed before), resumed and rerun."""
     from hybridsim.report.runs import ReportError, read_run
 
     root = _SESSION.sweep_dir
     if root is None or not root.is_dir():
         return 0
+    started = _SESSION.sweep_started - 1
     jobs = []
     for hydra_yaml in root.glob("*/.hydra/hydra.yaml"):
-        if hydra_yaml.stat().st_mtime >= _SESSION.sweep_started - 1:
+        if hydra_yaml.stat().st_mtime >= started:
             jobs.append(hydra_yaml.parent.parent)
-    done, failed = [], []
+    done, failed, actions = [], [], dict.fromkeys(("skipped", "resumed", "rerun"), 0)
     for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        meta = None
         try:
             run = read_run(job)
+            meta = run.meta
             status = run.meta.get("status") if run.meta else None
             error = run.error
         except ReportError as e:
             status, error = None, str(e)
+        action = _job_action(job, meta)
+        if action in actions:
+            actions[action] += 1
         if status == "completed" and not error:
             done.append(job)
         else:
             failed.append((job, error or status or "did not start"))
+    names = {"skipped": "skipped (completed before)", "resumed": "resumed", "rerun": "rerun"}
+    again = ", ".join(f"{n} {names[a]}" for a, n in actions.items() if n)
+    again = f" ({again})" if again else ""
     if not failed:
-        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done")
+        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done{again}")
         return 0
     print(
         f"hybridsim {command}: sweep {root}: {len(jobs)} jobs, {len(done)} done, "
-        f"{len(failed)} failed",
+        f"{len(failed)} failed{again}; run the same command again to rerun the failed jobs "
+        "(and resume interrupted ones, skipping the rest)",
         file=sys.stderr,
     )
     for job, why in failed:
         print(f"  job {job.name} failed ({job}): {why}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _job_action(job: Path, meta: dict | None) -> str:
+    """What this launch did with a job: the record in its meta.json when this launch wrote it
+    (after Hydra wrote the job's ``.hydra/hydra.yaml``); a meta.json older than that was left
+    untouched: a job skipped as completed before."""
+    path = job / "meta.json"
+    if not meta or not path.is_file():
+        return "new"
+    if path.stat().st_mtime_ns < (job / ".hydra" / "hydra.yaml").stat().st_mtime_ns:
+        return "skipped" if meta.get("status") == "completed" else "new"
+    attempt = meta.get("attempt")
+    return str(attempt.get("action", "new")) if isinstance(attempt, dict) else "new"
+
+
+def _ddp_worker() -> int:
+    """A rank other than 0 under torchrun: train the run rank 0 sends (no Hydra, no writes);
+    errors are rank 0's to report, a worker adds one line naming its rank."""
+    from hybridsim.config import typed_train_config
+    from hybridsim.train import run_training
+
+    rank = parallel.world().rank
+    job = parallel.receive_job()
+    if job is None:  # rank 0 stopped before training (and said why)
+        parallel.barrier()
+        return EXIT_ERROR
+    try:
+        run_training(typed_train_config(job["config"]), Path(job["run_dir"]), job["config"])
+    except KeyboardInterrupt as e:
+        return e.exit_code if isinstance(e, interrupts.Interrupted) else 130
+    except Exception as e:  # noqa: BLE001
+        if os.environ.get("HYBRIDSIM_DEBUG"):
+            raise
+        print(f"hybridsim train (rank {rank}): error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
 
 
 def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
@@ -530,7 +676,9 @@ def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
         return f"{line}; the jobs run so far are in {_SESSION.sweep_dir}"
     if command == "train" and guard is not None:
         if (guard.run_dir / "meta.json").is_file():
-            return f"{line}; continue with: hybridsim train resume={guard.run_dir}"
+            world = parallel.world()
+            launcher = f"torchrun --nproc_per_node={world.size} -m " if world.active else ""
+            return f"{line}; continue with: {launcher}hybridsim train resume={guard.run_dir}"
         return f"{line}; nothing was kept"
     return line
 
@@ -542,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     finally:
         _SESSION.close()
+        parallel.finish()
         interrupts.restore(previous)
 
 
@@ -583,11 +732,25 @@ def _main(argv: list[str]) -> int:
         return report_main(rest)
     # We print errors ourselves, as one line; Hydra then re-raises instead of printing.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    import logging
+
+    for noisy in ("alembic", "mlflow"):  # imported by the Optuna sweeper, the MLflow tracker
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         flags = _check_flags(command, rest)
     except UsageError as e:
         print(f"hybridsim {command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "train" and parallel.launched():
+        if flags.multirun:
+            print(
+                "hybridsim train: error: a sweep (-m) cannot run under torchrun: torchrun makes "
+                "one run data-parallel; launch the sweep's jobs with hydra/launcher=... instead",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        if not parallel.init().main:
+            return _ddp_worker()
     try:
         if command == "train":
             rest = _rewrite_resume(rest)

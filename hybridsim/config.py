@@ -292,6 +292,61 @@ class RecipeConfig:
                     raise ConfigError(f"recipe.{key} entries must be >= 1 (or -1 = full), got {u}")
 
 
+# ------------------------------------------------------------------------------ loggers
+@dataclass
+class TensorBoardLoggerConfig:
+    """TensorBoard event files in ``<run>/<dir>`` (``tensorboard --logdir outputs``)."""
+
+    dir: str = "tensorboard"
+
+
+@dataclass
+class MLflowLoggerConfig:
+    """An MLflow run; ``tracking_uri`` null: the SQLite store ``outputs/mlflow.db`` under the
+    working directory (no server), artifacts in ``outputs/mlartifacts``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "hybridsim"
+    run_name: str | None = None  # null: the run directory's path below outputs/
+
+
+@dataclass
+class WandbLoggerConfig:
+    """A Weights & Biases run, offline by default (files in ``<run>/wandb/``, no account;
+    ``wandb sync`` uploads them later)."""
+
+    project: str = "hybridsim"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online | disabled
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _one_of("logger.wandb.mode", self.mode, ("offline", "online", "disabled"))
+
+
+@dataclass
+class CSVLoggerConfig:
+    """``metrics.jsonl`` as a CSV table (one column per key) and the evaluation table."""
+
+    file: str = "metrics.csv"
+
+
+@dataclass
+class LoggerConfig:
+    """The trackers beside ``metrics.jsonl`` (always written); a backend is on when its entry
+    is set (``logger=tensorboard``, ``logger=[tensorboard,mlflow]``, ``logger=many``)."""
+
+    tensorboard: TensorBoardLoggerConfig | None = None
+    mlflow: MLflowLoggerConfig | None = None
+    wandb: WandbLoggerConfig | None = None
+    csv: CSVLoggerConfig | None = None
+
+    def enabled(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
 # ------------------------------------------------------------------------------ commands
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
@@ -321,6 +376,7 @@ class TrainConfig:
     data_dir: str = "data"
     evaluate: bool = True  # run `eval` on the finished run
     progress: str = "auto"  # auto | rich | plain | none
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _one_of("device", self.device, DEVICES)
@@ -480,6 +536,10 @@ def typed_train_config(container: dict) -> TrainConfig:
     into its own schema so that types and ranges are checked again."""
     if not isinstance(container, dict):
         raise ConfigError(f"expected a mapping of settings, got {type(container).__name__}")
+    container = dict(container)
+    logger = container.pop("logger", None) or {}
+    if not isinstance(logger, dict):
+        raise ConfigError("its 'logger' section is not a mapping")
     for group in ("problem", "solver", "correction", "recipe"):
         if not isinstance(container.get(group), dict):
             raise ConfigError(f"it has no {group!r} section")
@@ -502,6 +562,7 @@ def typed_train_config(container: dict) -> TrainConfig:
         solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"], "solver."),
         correction=typed_from_container(CorrectionConfig, container["correction"], "correction."),
         recipe=typed_from_container(RecipeConfig, container["recipe"], "recipe."),
+        logger=typed_from_container(LoggerConfig, logger, "logger."),
         **top,
     )
 

@@ -41,6 +41,7 @@ class Interrupted(KeyboardInterrupt):
 
 _pending: int | None = None  # a signal received and not yet raised where it can propagate
 _depth = 0  # nesting of deferred() blocks
+_hold = 0  # nesting of held() blocks: check() inside them leaves the signal to their owner
 _default_unraisablehook = sys.unraisablehook
 
 
@@ -64,8 +65,8 @@ def install() -> dict[int, object]:
     """Route SIGINT/SIGTERM to :class:`Interrupted`; returns the previous handlers (for
     :func:`restore`). Does nothing outside the main thread (signals are delivered there), and
     leaves a signal that the parent ignores ignored (``nohup``, background jobs of a script)."""
-    global _pending, _depth
-    _pending, _depth = None, 0
+    global _pending, _depth, _hold
+    _pending, _depth, _hold = None, 0, 0
     if threading.current_thread() is not threading.main_thread():
         return {}
     sys.unraisablehook = _unraisablehook
@@ -93,11 +94,12 @@ def pending() -> int | None:
     return _pending
 
 
-def check() -> None:
+def check(force: bool = False) -> None:
     """Raise :class:`Interrupted` if a signal was held or swallowed (once: clean-up code that
-    runs while it propagates, such as writing ``meta.json``, is not interrupted again)."""
+    runs while it propagates, such as writing ``meta.json``, is not interrupted again). Inside
+    :func:`held` only its owner raises it (``force``)."""
     global _pending
-    if _pending is not None:
+    if _pending is not None and (_hold == 0 or force):
         signum, _pending = _pending, None
         raise Interrupted(signum)
 
@@ -112,5 +114,22 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _depth -= 1
+    if _depth == 0:
+        check()
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """Like :func:`deferred`, and :func:`check` inside the block (a file written atomically)
+    leaves the signal pending: the block's owner raises it where it chooses, with
+    ``check(force=True)`` (the ranks of a DDP run, together at the end of a step)."""
+    global _depth, _hold
+    _depth += 1
+    _hold += 1
+    try:
+        yield
+    finally:
+        _depth -= 1
+        _hold -= 1
     if _depth == 0:
         check()

@@ -25,7 +25,7 @@ from hybridsim.locks import Lock, lock_run_dir
 SAFE_KEYS = ("evaluate", "progress", "device", "data_dir", "recipe.log_every")
 # Keys a resume may increase: the budget of a phase that has not finished.
 GROWING_KEYS = ("recipe.steps", "recipe.polish_steps")
-ALLOWED = ", ".join([*SAFE_KEYS, *(f"{k} (larger)" for k in GROWING_KEYS)])
+ALLOWED = ", ".join([*SAFE_KEYS, "logger.*", *(f"{k} (larger)" for k in GROWING_KEYS)])
 
 # What Hydra and ``train`` write into a run directory before the training itself starts.
 _RECORD_FILES = (
@@ -81,8 +81,8 @@ def check_continuation(run_dir: Path, saved: dict[str, Any], new: dict[str, Any]
 
     diff = changes(saved, new)
     for key, (old, value) in diff.items():
-        if key in SAFE_KEYS:
-            continue
+        if key in SAFE_KEYS or key == "logger" or key.startswith("logger."):
+            continue  # trackers: see hybridsim.tracking (a resume may add or drop one)
         grows = (
             key in GROWING_KEYS and isinstance(old, int) and isinstance(value, int) and value > old
         )
@@ -223,3 +223,62 @@ def guard_run_dir(run_dir: Path, new: dict[str, Any]) -> Guard:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     return Guard(run_dir, lock, created, snapshot)
+
+
+# ------------------------------------------------------------------- a sweep run again
+# What a job of a sweep run again in the same sweep directory does with the run it finds.
+SWEEP_ACTIONS = ("new", "skipped", "resumed", "rerun")
+# Kept in place when a failed job is rerun: what Hydra and this job wrote for the new attempt.
+_KEPT_ON_RERUN = (".hydra", "config_resolved.yaml", ".attempts")
+
+
+def sweep_action(run_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The action for a sweep job's directory (locked, its config checked to continue the run):
+    ``new`` (no run yet), ``skipped`` (completed), ``resumed`` (interrupted, or killed while
+    running: from ``last.pt``) or ``rerun`` (failed or diverged: from the start, the failed
+    attempt set aside by :func:`set_attempt_aside`); with what meta.json records of it."""
+    import json
+
+    try:
+        meta = json.loads((run_dir / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict):
+        return "new", {"action": "new"}
+    status = str(meta.get("status"))
+    if status == "completed":
+        return "skipped", {"action": "skipped"}
+    record: dict[str, Any] = {"previous_status": status}
+    if status in ("interrupted", "running"):
+        from hybridsim.train import CheckpointError, load_checkpoint
+
+        try:
+            record["from_step"] = int(load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"])
+        except CheckpointError:
+            record["from_step"] = 0
+        return "resumed", {"action": "resumed", **record}
+    if meta.get("error"):
+        record["previous_error"] = str(meta["error"])[:300]
+    return "rerun", {"action": "rerun", **record}
+
+
+def set_attempt_aside(run_dir: Path) -> Path:
+    """Move a failed attempt's outputs (checkpoints, metrics, meta.json, plots, eval, tracker
+    files) into ``run_dir/.attempts/<k>/`` (hidden: ``hybridsim report`` does not read it), and
+    its log there too (the log file itself is emptied, Hydra appends to it); returns that
+    folder. Nothing is deleted."""
+    base = run_dir / ".attempts"
+    k = 1
+    while (base / str(k)).exists():
+        k += 1
+    dest = base / str(k)
+    dest.mkdir(parents=True)
+    for path in sorted(run_dir.iterdir()):
+        if path.name in _KEPT_ON_RERUN or path.suffix == ".log":
+            continue
+        path.replace(dest / path.name)
+    for log in run_dir.glob("*.log"):
+        shutil.copy2(log, dest / log.name)
+        with log.open("r+b") as f:
+            f.truncate(0)
+    return dest

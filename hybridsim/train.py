@@ -14,6 +14,7 @@ stays the last good state. ``metrics.jsonl`` is strict JSON (non-finite values a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hybridsim import interrupts, parallel
 from hybridsim.config import RecipeConfig
 from hybridsim.data import NotARegularFile, atomic_path, require_regular_file
 from hybridsim.interrupts import Interrupted
@@ -171,8 +173,8 @@ class MetricsLog:
     """``metrics.jsonl``: one JSON object per logged step; on resume, later lines (and a line
     torn by a kill) are dropped."""
 
-    def __init__(self, path: Path, model: str, resume_step: int | None) -> None:
-        self.path, self.model = path, model
+    def __init__(self, path: Path, model: str, resume_step: int | None, sink: Any = None) -> None:
+        self.path, self.model, self.sink = path, model, sink
         if path.exists():
             require_regular_file(path, "metrics file")
         if resume_step is not None and path.exists():
@@ -184,12 +186,16 @@ class MetricsLog:
             text = "".join(json.dumps(row, allow_nan=False) + "\n" for row in keep)
             with atomic_path(path) as tmp:
                 tmp.write_text(text)
+            if sink is not None:
+                sink.resumed(model, resume_step)
 
     def write(self, step: int, phase: str, values: Mapping[str, float]) -> None:
         row = {"step": step, "model": self.model, "phase": phase, **values}
         row = {k: _json_value(v) for k, v in row.items()}
         with self.path.open("a") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
+        if self.sink is not None:  # the trackers (hybridsim.tracking): after the file has it
+            self.sink.row(row)
 
 
 def fit(
@@ -204,6 +210,7 @@ def fit(
     seed: int = 0,
     config: dict[str, Any] | None = None,
     progress: str = "auto",
+    tracker: Any = None,
 ) -> FitResult:
     """Train ``model`` by ``recipe``; checkpoints go to ``run_dir/checkpoints[/<name>]``.
 
@@ -211,12 +218,15 @@ def fit(
     """
     ckpt_dir = run_dir / "checkpoints" if name == "hybrid" else run_dir / "checkpoints" / name
     last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    world = parallel.world()  # under torchrun: rank 0 alone writes (see hybridsim.parallel)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     if not params:  # nothing to learn (e.g. the solver alone with fixed physics)
-        save_atomic(_state(model, None, None, 0, "done", float("nan"), None, config, True), last)
-        save_atomic(load_checkpoint(last), best_path)
+        if world.main:
+            state = _state(model, None, None, 0, "done", float("nan"), None, config, True)
+            save_atomic(state, last)
+            save_atomic(load_checkpoint(last), best_path)
         return FitResult(0, float("nan"), 0.0)
 
     if isinstance(getattr(model, "gradient", None), GradientMode):
@@ -244,9 +254,23 @@ def fit(
             polish_opt = _lbfgs(params)
             polish_opt.load_state_dict(ck["polish_optimizer"])
             polish_prev, polish_stage = ck.get("polish_prev"), ck.get("polish_stage")
-    log = MetricsLog(run_dir / "metrics.jsonl", name, step if last.exists() else None)
+    resumed_at = step if last.exists() else None
+    log = (
+        MetricsLog(run_dir / "metrics.jsonl", name, resumed_at, tracker) if world.main else _NoLog()
+    )
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
-    bar = Progress(progress, total, name)
+    bar = Progress(progress if world.main else "none", total, name)
+    ddp = parallel.wrap(problem, model) if world.active else None
+
+    def end_of_step() -> None:
+        if ddp is None:
+            check_interrupt()
+            return
+        # Every rank stops at the same step (a signal reaches the ranks at different times).
+        signum = parallel.agreed_signal(interrupts.pending())
+        if signum is not None:
+            interrupts.check(force=True)
+            raise Interrupted(signum)
 
     def diverged(what: str, cause: str) -> TrainingDiverged:
         return _diverged(name, step, phase, what, cause, last)
@@ -269,114 +293,132 @@ def fit(
         if math.isfinite(metrics["loss"]) and metrics["loss"] < best:
             best = metrics["loss"]
             ck["best"] = best
-            save_atomic(ck, best_path)
-        save_atomic(ck, last)
+            if world.main:
+                save_atomic(ck, best_path)
+        if world.main:
+            save_atomic(ck, last)
 
-    try:
-        while phase == "adam" and step < recipe.steps:
-            model.train()
-            unroll = unroll_at(recipe, step)
-            batch = problem.batch(train_data, recipe.batch_size, unroll, gen)
-            loss = problem.loss(model, batch)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise diverged(*_loss_cause(model, batch, value, step, unroll, recipe, sched))
-            if not loss.requires_grad:
-                raise TrainingError(
-                    f"{name} cannot be trained: its loss does not depend on any trainable "
-                    "parameter, so the correction is never applied (a solver that makes no "
-                    "steps, e.g. solver.n_iter=0, leaves nothing to correct)"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = nn.utils.clip_grad_norm_(params, recipe.grad_clip or float("inf"))
-            if not torch.isfinite(gnorm):
-                raise diverged(
-                    f"the gradient is non-finite (norm {float(gnorm)}; the loss was {value:.3e})",
-                    f"backpropagation through the unrolled solver overflowed: likely "
-                    f"recipe.unroll={unroll} (shorter, or recipe.gradient_mode=truncate) or "
-                    f"{_lr_cause(recipe, sched)}",
-                )
-            opt.step()
-            sched.step()
-            check_interrupt()
-            step += 1
-            logged = step % recipe.log_every == 0
-            if logged:
-                log.write(
-                    step,
-                    phase,
-                    {
-                        "train/loss": value,
-                        "lr": sched.get_last_lr()[0],
-                        "unroll": unroll,
-                        "grad_norm": float(gnorm),
-                    },
-                )
-            bar.update(step, f"loss {value:.3e} unroll {unroll}", logged)
-            if step % recipe.val_every == 0 or step == recipe.steps:
-                checkpoint()
-        if recipe.polish == "lbfgs" and recipe.polish_steps > 0:
-            phase = "lbfgs"
-            stages = recipe.polish_unroll
-            while step < total:
-                # Stages of the polish (e.g. all windows of 20 intervals, then the full
-                # trajectories), each with a fresh L-BFGS memory.
-                stage = min(
-                    (step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1
-                )
-                if polish_opt is None or stage != polish_stage:
-                    polish_opt, polish_stage, polish_prev = _lbfgs(params), stage, None
-                    polish_batch = problem.polish_batch(train_data, stages[stage])
-                elif polish_batch is None:
-                    polish_batch = problem.polish_batch(train_data, stages[stage])
+    # Under DDP a signal is held until the ranks agree on it at the end of a step.
+    with interrupts.held() if ddp is not None else contextlib.nullcontext():
+        try:
+            while phase == "adam" and step < recipe.steps:
                 model.train()
-
-                def closure(opt=polish_opt, batch=polish_batch) -> torch.Tensor:
-                    opt.zero_grad(set_to_none=True)
-                    value = problem.loss(model, batch)
-                    if not torch.isfinite(value.detach()):
-                        # A trial point of the line search where the rollout blew up: +inf (not
-                        # NaN, which compares false) makes the search back off from it.
-                        return torch.full_like(value.detach(), float("inf"))
-                    value.backward()
-                    return value
-
-                loss = polish_opt.step(closure)
-                value = float(loss.detach())
+                unroll = unroll_at(recipe, step)
+                batch = problem.batch(train_data, recipe.batch_size, unroll, gen)
+                if ddp is not None:  # this rank's slice of the global batch
+                    loss = ddp(parallel.shard(batch, recipe.batch_size))
+                    value = parallel.mean(float(loss.detach()))
+                else:
+                    loss = problem.loss(model, batch)
+                    value = float(loss.detach())
                 if not math.isfinite(value):
-                    raise diverged(
-                        f"the L-BFGS loss is {value}",
-                        f"the model blows up over recipe.polish_unroll={stages[stage]}",
+                    raise diverged(*_loss_cause(model, batch, value, step, unroll, recipe, sched))
+                if not loss.requires_grad:
+                    raise TrainingError(
+                        f"{name} cannot be trained: its loss does not depend on any trainable "
+                        "parameter, so the correction is never applied (a solver that makes no "
+                        "steps, e.g. solver.n_iter=0, leaves nothing to correct)"
                     )
-                bad = _non_finite(model)
-                if bad:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                gnorm = nn.utils.clip_grad_norm_(params, recipe.grad_clip or float("inf"))
+                if not torch.isfinite(gnorm):
                     raise diverged(
-                        f"parameter {bad} is non-finite after an L-BFGS step",
-                        f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
-                        "recipe.polish=none keeps the first-order result",
+                        f"the gradient is non-finite (norm {float(gnorm)}; the loss was "
+                        f"{value:.3e})",
+                        f"backpropagation through the unrolled solver overflowed: likely "
+                        f"recipe.unroll={unroll} (shorter, or recipe.gradient_mode=truncate) "
+                        "or "
+                        f"{_lr_cause(recipe, sched)}",
                     )
-                check_interrupt()
-                # No decrease since the previous iteration: the line search found none, the
-                # stage has converged to float precision; go on to the next stage.
-                stalled = polish_prev is not None and value >= polish_prev
-                polish_prev = value
+                opt.step()
+                sched.step()
+                end_of_step()
                 step += 1
-                if stalled:
-                    log.write(step, phase, {"polish/stage_converged": stage})
-                    step = max(
-                        step, recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages))
-                    )
                 logged = step % recipe.log_every == 0
                 if logged:
-                    log.write(step, phase, {"train/loss": value, "unroll": stages[stage]})
-                bar.update(step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
-                if step % recipe.val_every == 0 or step >= total or stalled:
+                    log.write(
+                        step,
+                        phase,
+                        {
+                            "train/loss": value,
+                            "lr": sched.get_last_lr()[0],
+                            "unroll": unroll,
+                            "grad_norm": float(gnorm),
+                        },
+                    )
+                bar.update(step, f"loss {value:.3e} unroll {unroll}", logged)
+                if step % recipe.val_every == 0 or step == recipe.steps:
                     checkpoint()
-        checkpoint(done=True)
-    finally:
-        bar.close()
+            if recipe.polish == "lbfgs" and recipe.polish_steps > 0:
+                phase = "lbfgs"
+                stages = recipe.polish_unroll
+                while step < total:
+                    # Stages of the polish (e.g. all windows of 20 intervals, then the full
+                    # trajectories), each with a fresh L-BFGS memory.
+                    stage = min(
+                        (step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1
+                    )
+                    if polish_opt is None or stage != polish_stage:
+                        polish_opt, polish_stage, polish_prev = _lbfgs(params), stage, None
+                        polish_batch = problem.polish_batch(train_data, stages[stage])
+                    elif polish_batch is None:
+                        polish_batch = problem.polish_batch(train_data, stages[stage])
+                    model.train()
+
+                    def closure(opt=polish_opt, batch=polish_batch) -> torch.Tensor:
+                        opt.zero_grad(set_to_none=True)
+                        value = problem.loss(model, batch)
+                        if not torch.isfinite(value.detach()):
+                            # A trial point of the line search where the rollout blew up: +inf (not
+                            # NaN, which compares false) makes the search back off from it.
+                            return torch.full_like(value.detach(), float("inf"))
+                        value.backward()
+                        return value
+
+                    loss = polish_opt.step(closure)
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        raise diverged(
+                            f"the L-BFGS loss is {value}",
+                            f"the model blows up over recipe.polish_unroll={stages[stage]}",
+                        )
+                    bad = _non_finite(model)
+                    if bad:
+                        raise diverged(
+                            f"parameter {bad} is non-finite after an L-BFGS step",
+                            f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
+                            "recipe.polish=none keeps the first-order result",
+                        )
+                    check_interrupt()
+                    # No decrease since the previous iteration: the line search found none, the
+                    # stage has converged to float precision; go on to the next stage.
+                    stalled = polish_prev is not None and value >= polish_prev
+                    polish_prev = value
+                    step += 1
+                    if stalled:
+                        log.write(step, phase, {"polish/stage_converged": stage})
+                        step = max(
+                            step,
+                            recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages)),
+                        )
+                    logged = step % recipe.log_every == 0
+                    if logged:
+                        log.write(step, phase, {"train/loss": value, "unroll": stages[stage]})
+                    bar.update(step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
+                    if step % recipe.val_every == 0 or step >= total or stalled:
+                        checkpoint()
+            checkpoint(done=True)
+        finally:
+            bar.close()
     return FitResult(step, best, time.perf_counter() - t0)
+
+
+class _NoLog:
+    """The metrics log of a rank other than 0 (which writes nothing)."""
+
+    def write(self, step: int, phase: str, values: Mapping[str, float]) -> None:
+        pass
 
 
 def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
@@ -452,22 +494,40 @@ def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=N
     }
 
 
-def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, FitResult]:
+def run_training(
+    cfg: Any,
+    run_dir: Path,
+    config: dict[str, Any],
+    tracker: Any = None,
+    attempt: dict[str, Any] | None = None,
+) -> dict[str, FitResult]:
     """The ``train`` command below the CLI: data, models, one fit per model, meta.json.
 
-    ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints).
+    ``cfg`` is a typed TrainConfig; ``config`` its plain resolved form (saved in checkpoints);
+    ``tracker`` receives every metrics row (``hybridsim.tracking.Trackers``); ``attempt``
+    (a sweep job's action: new, resumed, rerun) is recorded in ``meta.json``.
     """
     from hybridsim.config import resolve_device
-    from hybridsim.data import ensure_dataset, read_split
+    from hybridsim.data import data_path, ensure_dataset, read_split
     from hybridsim.problems.base import registered
 
+    world = parallel.world()  # under torchrun every rank runs this; rank 0 alone writes
     torch.manual_seed(cfg.seed)
     device = torch.device(resolve_device(cfg.device))
+    if world.active and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     dtype = getattr(torch, cfg.dtype)
     problem = registered()[cfg.problem.name](cfg.problem)
     coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
-    path, generated = ensure_dataset(problem, cfg.data_dir)
-    print(f"data: {path} ({'generated' if generated else 'cached'})", flush=True)
+    if world.active:
+        parallel.check_supported(problem, cfg.recipe)
+    if world.main:
+        path, generated = ensure_dataset(problem, cfg.data_dir)
+        print(f"data: {path} ({'generated' if generated else 'cached'})", flush=True)
+    if world.active:
+        parallel.barrier()  # the others read the file once rank 0 has it
+    if not world.main:
+        path = data_path(problem, cfg.data_dir)
     train_split, val_split = read_split(path, "train"), read_split(path, "val")
     models = problem.model_set(
         cfg.solver, cfg.correction, coupling, train_split, cfg.recipe.baselines
@@ -475,27 +535,21 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     train_data = train_split.tensors(device, dtype)
     val_data = val_split.tensors(device, dtype)
     if _completed(run_dir, list(models)):
-        print(f"training: already complete in {run_dir} (nothing to do)", flush=True)
+        if world.main:
+            print(f"training: already complete in {run_dir} (nothing to do)", flush=True)
         return {}
     meta = _meta(cfg, path, device)
+    if attempt:
+        meta["attempt"] = attempt
+    if world.active:
+        meta["world_size"], meta["backend"] = world.size, world.backend
+    if not world.main:  # meta.json, plots: rank 0's
+        return _train_models(problem, models, cfg, train_data, val_data, run_dir, config, device)
     _write_meta(run_dir, meta, "running")
-    results: dict[str, FitResult] = {}
     try:
-        for i, (name, model) in enumerate(models.items()):
-            torch.manual_seed(cfg.seed + 1000 * i)  # each model's init independent of the order
-            model.to(device=device, dtype=dtype)
-            results[name] = fit(
-                problem,
-                model,
-                train_data,
-                val_data,
-                cfg.recipe,
-                run_dir,
-                name=name,
-                seed=cfg.seed + i,
-                config=config,
-                progress=cfg.progress,
-            )
+        results = _train_models(
+            problem, models, cfg, train_data, val_data, run_dir, config, device, tracker
+        )
     except TrainingDiverged as e:
         _write_meta(run_dir, meta, "diverged", str(e))
         raise
@@ -512,6 +566,39 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     }
     _write_meta(run_dir, meta, "completed")
     _plot_training_curve(run_dir)
+    return results
+
+
+def _train_models(
+    problem: Problem,
+    models: dict[str, nn.Module],
+    cfg: Any,
+    train_data: Mapping[str, torch.Tensor],
+    val_data: Mapping[str, torch.Tensor],
+    run_dir: Path,
+    config: dict[str, Any],
+    device: torch.device,
+    tracker: Any = None,
+) -> dict[str, FitResult]:
+    """One fit per model, in order (the main model first)."""
+    dtype = getattr(torch, cfg.dtype)
+    results: dict[str, FitResult] = {}
+    for i, (name, model) in enumerate(models.items()):
+        torch.manual_seed(cfg.seed + 1000 * i)  # each model's init independent of the order
+        model.to(device=device, dtype=dtype)
+        results[name] = fit(
+            problem,
+            model,
+            train_data,
+            val_data,
+            cfg.recipe,
+            run_dir,
+            name=name,
+            seed=cfg.seed + i,
+            config=config,
+            progress=cfg.progress,
+            tracker=tracker,
+        )
     return results
 
 

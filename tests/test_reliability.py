@@ -690,7 +690,8 @@ def test_sweep_goes_on_past_a_failing_job(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == [
         "hybridsim train: job 1 failed: recipe.steps must be > 0, got -1",
-        f"hybridsim train: sweep {sweep}: 3 jobs, 2 done, 1 failed",
+        f"hybridsim train: sweep {sweep}: 3 jobs, 2 done, 1 failed; run the same command again "
+        "to rerun the failed jobs (and resume interrupted ones, skipping the rest)",
         f"  job 1 failed ({sweep / '1'}): recipe.steps must be > 0, got -1",
     ]
     assert (sweep / "0" / "checkpoints" / "last.pt").exists()

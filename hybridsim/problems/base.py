@@ -79,6 +79,8 @@ class Problem(abc.ABC):
     corrections: ClassVar[tuple[str, ...]]
     couplings: ClassVar[tuple[str, ...]]
     model_keys: ClassVar[frozenset[str]] = frozenset()  # config keys that do not shape the data
+    # Why its batches cannot be split across processes (torchrun/DDP), if they cannot.
+    not_data_parallel: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -153,6 +153,11 @@ class LotkaVolterra(Problem):
     corrections = ("none", "mlp")
     couplings = ("rhs", "blackbox")
     cfg: LVConfig
+    not_data_parallel = (
+        "its data are a single trajectory (a batch is windows of one short series, cheap on "
+        "one core), there is nothing worth splitting across processes, and its L-BFGS polish "
+        "needs the whole series"
+    )
 
     # Settings that shape only the model or the evaluation, not the data (not hashed).
     model_keys = frozenset(

@@ -23,6 +23,7 @@ from pathlib import Path
 from hybridsim.report.groups import Group, Report, Stat, build_report
 from hybridsim.report.output import print_report, to_csv, to_json, to_markdown, write_report
 from hybridsim.report.runs import ReportError, Run, UsageError, find_runs, read_run
+from hybridsim.report.search import search_markdown, search_results
 
 __all__ = [
     "Group",
@@ -59,7 +60,9 @@ sweeps with the same settings join one group.
 For every group, model and metric of eval/metrics.json: n, median, min, max, mean, std;
 booleans as a rate (9/10). Written: report.md (GitHub markdown), report.csv (tidy: one row per
 run x model x metric), report.json, plots/<metric>.png (one per headline metric). Runs that
-failed, are incomplete or have no evaluation are listed with their status.
+failed, are incomplete or have no evaluation are listed with their status. A directory of an
+Optuna search (optimization_results.yaml) adds its best value and parameters and every trial's
+objective, best first (also when the trials were not evaluated).
 
 examples:
   hybridsim report outputs/train-multirun/2026-11-28/13-00-00.123456
@@ -110,6 +113,10 @@ def main(argv: list[str]) -> int:
     try:
         dirs, by, ignore, out = parse_args(argv)
         report = build_report(dirs, by, ignore)
+        search = search_markdown(search_results(dirs))
+        if not report.groups and search:  # a search whose trials were not evaluated
+            print(search)
+            return 0
         if not report.groups:
             print_report(report)
             raise ReportError(
@@ -117,6 +124,9 @@ def main(argv: list[str]) -> int:
             )
         target = Path(out) if out else default_out(dirs)
         files = write_report(report, target)
+        if search:
+            with (target / "report.md").open("a") as f:
+                f.write("\n" + search)
     except ReportError as e:
         print(f"hybridsim report: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, UsageError) else 1
@@ -125,6 +135,8 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         print_report(report)
+        if search:
+            print(search)
         n_plots = len(files) - 3
         print(f"report: {target}/ (report.md, report.csv, report.json, {n_plots} plots in plots/)")
         sys.stdout.flush()
