@@ -352,7 +352,10 @@ class Tomography(Problem):
         return LearnedGradientDescent(cfg, solver, net, coupling, lam, cfg.lambda_per_iteration)
 
     def baselines(self) -> dict[str, tuple[str, str]]:
-        return {"learned_lambda": ("convnet", "update_lambda")}
+        return {
+            "learned_lambda": ("convnet", "update_lambda"),
+            "primal_dual": ("convnet", "primal_dual"),
+        }
 
     def untrained_baselines(self) -> dict[str, tuple[str, str]]:
         return {"solver": ("none", "update")}
