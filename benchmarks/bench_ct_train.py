@@ -1,6 +1,7 @@
 """One learned-gradient-descent training step (forward + backward + RMSProp through 10 unrolled
-iterations), against the physics alone in the same run: 10 plain descent iterations (forward
-only), so the ratio shows what the network costs.
+iterations), one learned primal-dual step, and drawing a batch of fresh phantoms, against the
+physics alone in the same run: 10 plain descent iterations (forward only), so the ratio shows
+what the networks cost.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ct_train.py [--size 64] [--batch 8]
 """
@@ -37,25 +38,35 @@ def bench(size: int, batch: int, repeat: int) -> None:
     train = problem.generate("train", 1)
     data = train.tensors(torch.device("cpu"), torch.float32)
     model = problem.build_model(solver, net, "update", train)
+    lpd = problem.build_model(solver, net, "primal_dual", train)
     plain = problem.build_model(solver, none, "update", train)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
-    b = problem.batch(data, batch, -1, torch.Generator().manual_seed(0))
+    opts = {m: torch.optim.RMSprop(m.parameters(), lr=1e-3) for m in (model, lpd)}
+    gen = torch.Generator().manual_seed(0)
+    b = problem.batch(data, batch, -1, gen)
 
-    def train_step() -> None:
-        loss = problem.loss(model, b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def step_of(m):
+        def train_step() -> None:
+            loss = problem.loss(m, b)
+            opts[m].zero_grad()
+            loss.backward()
+            opts[m].step()
+
+        return train_step
+
+    train_step = step_of(model)
 
     def descent() -> None:
         with torch.no_grad():
             plain(b.inputs["sinogram"])
 
     t_step = best_of(train_step, repeat)
+    t_lpd = best_of(step_of(lpd), repeat)
+    t_draw = best_of(lambda: problem.batch(data, batch, -1, gen), repeat)
     t_gd = best_of(descent, repeat)
     print(
         f"{size}², batch {batch:3d}: learned-GD train step {1e3 * t_step:8.1f} ms "
-        f"({1e3 * t_step / batch:.1f} ms/image); plain GD forward {1e3 * t_gd:7.1f} ms; "
+        f"({1e3 * t_step / batch:.1f} ms/image); learned primal-dual {1e3 * t_lpd:8.1f} ms; "
+        f"fresh batch {1e3 * t_draw:6.1f} ms; plain GD forward {1e3 * t_gd:7.1f} ms; "
         f"ratio {t_step / t_gd:.0f}x"
     )
 

@@ -128,6 +128,8 @@ class CTConfig:
     i0: float = 1.0e4
     mu: float = 1.0
     n_ellipses: float = 100.0  # Poisson mean of ellipses per random phantom
+    # fresh: new phantoms for every training batch (the paper); stored: n_train stored ones
+    train_data: str = "fresh"
     n_train: int = 400
     n_val: int = 16
     n_test: int = 32
@@ -138,11 +140,15 @@ class CTConfig:
     seed_test: int = 3
     # Model (not part of the data): learned gradient descent.
     memory: int = 5
-    share_weights: bool = True
+    share_weights: bool | None = None  # None: the coupling's own (update: shared; primal_dual: not)
+    primal_dual_activation: str = "prelu"  # coupling primal_dual: the networks' activation
     lambda_init: float = 1.0e-3  # starting λ of the λ-learning coupling when solver.lam = 0
     lambda_per_iteration: bool = False
     # Classical TV baseline at evaluation (FISTA, Huber TV, nonnegative, from FBP).
-    tv_lam: float = 3.0e-4
+    tv_lam: float | None = None  # None: the best of tv_lam_grid on the validation split
+    tv_lam_grid: list[float] = field(
+        default_factory=lambda: [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    )
     tv_eps: float = 1.0e-2
     tv_iters: int = 300
 
@@ -151,12 +157,24 @@ class CTConfig:
 
         p = "problem"
         _one_of("problem.forward_model", self.forward_model, ("linear", "beer_lambert"))
+        _one_of("problem.train_data", self.train_data, ("fresh", "stored"))
+        _one_of(
+            "problem.primal_dual_activation",
+            self.primal_dual_activation,
+            ("relu", "prelu", "tanh", "gelu", "silu"),
+        )
         _positive(p, size=self.size, n_angles=self.n_angles, i0=self.i0, mu=self.mu)
         _positive(p, n_train=self.n_train, n_val=self.n_val, n_test=self.n_test)
         _positive(p, upsample_train=self.upsample_train, upsample_eval=self.upsample_eval)
         _positive(p, tv_eps=self.tv_eps, tv_iters=self.tv_iters, lambda_init=self.lambda_init)
         _non_negative(p, noise=self.noise, n_ellipses=self.n_ellipses, memory=self.memory)
-        _non_negative(p, tv_lam=self.tv_lam)
+        if self.tv_lam is not None:
+            _non_negative(p, tv_lam=self.tv_lam)
+        if not self.tv_lam_grid:
+            raise ConfigError("problem.tv_lam_grid must list at least one λ (or set tv_lam)")
+        for lam in self.tv_lam_grid:
+            if not lam >= 0:
+                raise ConfigError(f"problem.tv_lam_grid entries must be >= 0, got {lam}")
         if self.size < 8:
             raise ConfigError(f"problem.size must be >= 8 pixels, got {self.size}")
         if self.n_det is not None:

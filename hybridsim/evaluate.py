@@ -115,7 +115,10 @@ def run_eval(
             ) from None
         loaded[name] = model.to(device=dev, dtype=dtype).eval()
     out_dir = run_dir / "eval"
+    tuned = problem.tune_baselines(loaded, read_split(path, "val"))
     result = problem.evaluate(loaded, test, train, out_dir / "plots")
+    if tuned:
+        result["tuned_on_validation"] = tuned
     result["checkpoint"] = str(ckpt_path)
     result["data"] = str(path)
     write_json_atomic(result, out_dir / "metrics.json")

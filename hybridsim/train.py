@@ -107,6 +107,7 @@ class FitResult:
     step: int
     best: float
     seconds: float
+    cpu_seconds: float = 0.0  # CPU time of this process during the fit (all threads)
 
 
 class Progress:
@@ -221,7 +222,7 @@ def fit(
     world = parallel.world()  # under torchrun: rank 0 alone writes (see hybridsim.parallel)
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if not params:  # nothing to learn (e.g. the solver alone with fixed physics)
         if world.main:
             state = _state(model, None, None, 0, "done", float("nan"), None, config, True)
@@ -411,7 +412,7 @@ def fit(
             checkpoint(done=True)
         finally:
             bar.close()
-    return FitResult(step, best, time.perf_counter() - t0)
+    return FitResult(step, best, time.perf_counter() - t0, time.process_time() - cpu0)
 
 
 class _NoLog:
@@ -561,7 +562,12 @@ def run_training(
         _write_meta(run_dir, meta, "failed", (str(e).strip().splitlines() or [repr(e)])[0])
         raise
     meta["fits"] = {
-        k: {"steps": v.step, "best_val_loss": v.best, "seconds": round(v.seconds, 2)}
+        k: {
+            "steps": v.step,
+            "best_val_loss": v.best,
+            "seconds": round(v.seconds, 2),
+            "cpu_seconds": round(v.cpu_seconds, 2),
+        }
         for k, v in results.items()
     }
     _write_meta(run_dir, meta, "completed")

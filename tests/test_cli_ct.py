@@ -89,7 +89,36 @@ BAD = [
     (["train", "problem=ct", "solver.filter=box"], "solver.filter"),
     (["train", "problem=ct", "coupling=rhs"], "coupling=rhs does not apply"),
     (["generate", "problem=ct", "problem.size=0"], "problem.size"),
+    (["train", "problem=ct", "problem.train_data=disk"], "problem.train_data"),
+    (["train", "problem=ct", "problem.tv_lam_grid=[]"], "problem.tv_lam_grid"),
+    (["train", "problem=ct", "problem.tv_lam_grid=[1e-3,-1]"], "problem.tv_lam_grid"),
+    (["train", "problem=ct", "problem.tv_lam=nan"], "problem.tv_lam"),
+    (["train", "problem=ct", "problem.primal_dual_activation=x"], "problem.primal_dual_activation"),
+    (["train", "problem=ct", "coupling=primal_dual", "correction=none"], "coupling=primal_dual"),
+    (["train", "problem=ct", "coupling=primal_dual", "solver=fbp"], "solver=fbp"),
+    (["train", "problem=ct", "problem.share_weights=maybe"], "share_weights"),
 ]
+
+
+@pytest.mark.slow
+def test_primal_dual_train_eval_on_fresh_phantoms(tmp_path, monkeypatch, capsys):
+    """coupling=primal_dual from the command line: the data file holds no training split (fresh
+    phantoms), the eval table has FBP, TV (λ chosen on validation), the solver alone, learned
+    primal-dual (hybrid) and learned λ."""
+    import h5py
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, *TRAIN, "coupling=primal_dual", "problem.memory=2"]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert {"fbp", "tv", "solver", "hybrid", "learned_lambda"} <= set(result["table"])
+    tuned = result["tuned_on_validation"]
+    assert tuned["tv_lam"] in [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    assert result["settings"]["tv_lam"] == tuned["tv_lam"]
+    (data,) = (tmp_path / "data").glob("ct-*.h5")
+    with h5py.File(data) as f:
+        assert "image" not in f["train"] and f["train"].attrs["n_samples"] == 0
+        assert f["val"]["image"].shape[0] == 2
 
 
 @pytest.mark.parametrize("argv,needle", BAD, ids=[" ".join(a[1:]) for a, _ in BAD])

@@ -21,7 +21,9 @@ from hybridsim.numerics.rollout import GradientMode, rollout
 from hybridsim.problems.base import ProblemError
 from hybridsim.problems.tomography import Tomography, line_integrals
 
-TINY = CTConfig(size=24, n_angles=12, n_train=8, n_val=2, n_test=3, n_ellipses=20)
+TINY = CTConfig(
+    size=24, n_angles=12, train_data="stored", n_train=8, n_val=2, n_test=3, n_ellipses=20
+)
 NONE = CorrectionConfig(name="none", kind="none")
 ZERO_NET = CorrectionConfig(
     name="convnet", kind="convnet", activation="relu", init_scale=0.0, width=[8, 8]

@@ -7,8 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+
+class PReLU(nn.PReLU):
+    """One learned negative slope, starting at 0 (a ReLU), as the learned primal-dual code of
+    Adler & Öktem (2018)."""
+
+    def __init__(self) -> None:
+        super().__init__(num_parameters=1, init=0.0)
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
+    "prelu": PReLU,
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
     "silu": nn.SiLU,

@@ -98,7 +98,7 @@ def render_ellipses(
         c, s = math.cos(phi), math.sin(phi)
         u = ((xx - x0) * c + (yy - y0) * s) / a
         v = (-(xx - x0) * s + (yy - y0) * c) / b
-        image += value * (u * u + v * v <= 1)
+        image += value * (u * u + v * v <= 1).to(torch.float64)  # a bool times a float is float32
     image = image.reshape(ny, supersample, nx, supersample).mean(dim=(1, 3))
     return image.to(dtype)
 
@@ -129,6 +129,56 @@ def random_phantoms(
         for _ in range(batch)
     ]
     return torch.stack(images)
+
+
+def random_ellipses_batch(batch: int, n_mean: float, generator: torch.Generator) -> torch.Tensor:
+    """Ellipses of ``batch`` random phantoms at once (the distribution of ``random_ellipses``),
+    ``(batch, n_max, 6)``; phantom ``i`` has ``n_i ~ Poisson(n_mean)`` ellipses and its rows
+    past ``n_i`` are zero (value 0: they draw nothing). All draws come from ``generator`` in a
+    fixed order (counts, then uniforms, then exponentials), so the phantoms are a function of
+    its state alone: a training stream drawn from it resumes bit for bit from a saved state.
+    """
+    counts = torch.poisson(
+        torch.full((batch,), float(n_mean), dtype=torch.float64), generator=generator
+    ).long()
+    n_max = max(int(counts.max()), 1) if batch else 1
+    u = torch.rand((batch, n_max, 4), generator=generator, dtype=torch.float64)
+    exp = -torch.log1p(-torch.rand((batch, n_max, 3), generator=generator, dtype=torch.float64))
+    value = (u[..., 0] - 0.3) * 0.3 * exp[..., 0]
+    value = value * (torch.arange(n_max)[None] < counts[:, None])
+    axes = 0.2 * exp[..., 1:].clamp_min(1e-12)  # never a zero half-axis (a division below)
+    return torch.cat([value[..., None], axes, u[..., 1:3] - 0.5, 2 * math.pi * u[..., 3:4]], dim=-1)
+
+
+def render_ellipses_batch(
+    ellipses: torch.Tensor,
+    shape: int | tuple[int, int],
+    dtype: torch.dtype = torch.float32,
+    chunk: int = 16,
+) -> torch.Tensor:
+    """Render ``(batch, n, 6)`` ellipses (rows of value 0 draw nothing) to ``(batch, ny, nx)``
+    images sampled at the pixel centres, as ``render_ellipses`` with ``supersample=1``;
+    vectorised over the batch and ``chunk`` ellipses at a time (memory ``batch·chunk·ny·nx``).
+    Computed in float64 on ``ellipses``' device, returned in ``dtype``."""
+    ny, nx = (shape, shape) if isinstance(shape, int) else tuple(shape)
+    e = ellipses.to(torch.float64)
+    dev = e.device
+    x = ((torch.arange(nx, dtype=torch.float64, device=dev) + 0.5) / nx * 2 - 1)[None, :]
+    y = (1 - (torch.arange(ny, dtype=torch.float64, device=dev) + 0.5) / ny * 2)[:, None]
+    image = torch.zeros(e.shape[0], ny, nx, dtype=torch.float64, device=dev)
+    for i in range(0, e.shape[1], chunk):
+        value, a, b, x0, y0, phi = e[:, i : i + chunk].unbind(-1)  # each (batch, chunk)
+        c, s = torch.cos(phi), torch.sin(phi)
+        # the quadratic form u² + v² = p dx² + 2 q dx dy + r dy² of the rotated, scaled offsets
+        ia, ib = 1 / (a * a), 1 / (b * b)
+        p, q, r = c * c * ia + s * s * ib, c * s * (ia - ib), s * s * ia + c * c * ib
+        dx = x - x0[..., None, None]  # (batch, chunk, 1, nx)
+        dy = y - y0[..., None, None]  # (batch, chunk, ny, 1)
+        form = (p[..., None, None] * dx * dx + r[..., None, None] * dy * dy) + (
+            2 * q[..., None, None] * dx
+        ) * dy
+        image += torch.einsum("bcyx,bc->byx", (form <= 1).to(torch.float64), value)
+    return image.to(dtype)
 
 
 def ellipse_sinogram(

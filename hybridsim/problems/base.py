@@ -193,6 +193,13 @@ class Problem(abc.ABC):
         return {"solver": ("none", self.couplings[0])}
 
     # ------------------------------------------------------------ evaluation
+    def tune_baselines(self, models: Mapping[str, nn.Module], val: SplitData) -> dict[str, Any]:
+        """Choose the classical comparators' free settings (e.g. a regularisation weight) on the
+        validation split, never on the test split; called before :meth:`evaluate`, which then
+        uses them. Returns what was chosen (recorded in ``eval/metrics.json``); by default there
+        is nothing to choose."""
+        return {}
+
     @abc.abstractmethod
     def evaluate(
         self,

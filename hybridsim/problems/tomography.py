@@ -33,7 +33,9 @@ from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig
 from hybridsim.nn.convnet import ConvNet
 from hybridsim.numerics.phantoms import (
     random_ellipses,
+    random_ellipses_batch,
     render_ellipses,
+    render_ellipses_batch,
     shepp_logan_ellipses,
     simulate_sinogram,
 )
@@ -199,7 +201,7 @@ class Tomography(Problem):
     name = "ct"
     solvers = ("fbp", "gd", "agd")
     corrections = ("none", "convnet")
-    couplings = ("update", "update_lambda")
+    couplings = ("update", "update_lambda", "primal_dual")
     cfg: CTConfig
 
     # Settings that shape only the model or the evaluation, not the data (not hashed).
@@ -207,13 +209,26 @@ class Tomography(Problem):
         {
             "memory",
             "share_weights",
+            "primal_dual_activation",
             "lambda_init",
             "lambda_per_iteration",
             "tv_lam",
+            "tv_lam_grid",
             "tv_eps",
             "tv_iters",
         }
     )
+
+    # Settings of the stored training split, which fresh phantoms (train_data=fresh) never read.
+    stored_train_keys = frozenset({"n_train", "seed_train", "upsample_train"})
+
+    def data_config(self) -> dict[str, Any]:
+        """The hashed settings; with fresh training phantoms the file holds only val/test, so
+        the training split's size and seed do not name it (the seeds of a sweep share it)."""
+        config = super().data_config()
+        if self.cfg.train_data == "fresh":
+            config = {k: v for k, v in config.items() if k not in self.stored_train_keys}
+        return config
 
     def _measure(self, fine: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
         """Noisy data of images given on a ``k``-times finer grid, ``(n, n_angles, n_det)``."""
@@ -233,6 +248,14 @@ class Tomography(Problem):
         stored as float32."""
         cfg = self.cfg
         op = operator(cfg)
+        coords = {"angles": op.angles, "detector": op.det_pos}
+        if split == "train" and cfg.train_data == "fresh":
+            # phantoms are drawn for every batch (``batch``); nothing to store
+            return SplitData(
+                arrays={},
+                coords=coords,
+                attrs={"train_data": "fresh"},
+            )
         rng = np.random.default_rng(seed)
         gen = torch.Generator().manual_seed(seed)
         n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
@@ -255,7 +278,7 @@ class Tomography(Problem):
         arrays["sinogram"] = self._measure(fine, k, gen).float().numpy()
         return SplitData(
             arrays=arrays,
-            coords={"angles": op.angles, "detector": op.det_pos},
+            coords=coords,
             attrs={
                 "upsample": k,
                 "operator_scale": op.scale,
@@ -272,6 +295,11 @@ class Tomography(Problem):
                 "solver=fbp has no iterations to correct or λ to learn; choose solver=gd or agd "
                 "(or correction=none coupling=update)"
             )
+        if coupling == "primal_dual" and correction == "none":
+            raise ProblemError(
+                "coupling=primal_dual is made of networks (the learned primal and dual "
+                "updates); choose correction=convnet"
+            )
         return coupling
 
     def build_model(
@@ -287,6 +315,16 @@ class Tomography(Problem):
                 f"choose one of: {', '.join(self.solvers)}"
             )
         cfg = self.cfg
+        if coupling == "primal_dual":
+            from hybridsim.problems.tomography_lpd import LearnedPrimalDual
+
+            if correction.kind != "convnet":
+                raise ProblemError(
+                    f"coupling=primal_dual needs correction=convnet, got correction="
+                    f"{correction.name}"
+                )
+            share = False if cfg.share_weights is None else cfg.share_weights
+            return LearnedPrimalDual(cfg, solver, correction, share)  # type: ignore[return-value]
         net: nn.Module | nn.ModuleList | None = None
         if correction.kind == "convnet":
 
@@ -302,7 +340,7 @@ class Tomography(Problem):
 
             net = (
                 make()
-                if cfg.share_weights
+                if cfg.share_weights is None or cfg.share_weights
                 else nn.ModuleList(make() for _ in range(max(solver.n_iter, 1)))
             )
         elif correction.kind != "none":
@@ -314,7 +352,10 @@ class Tomography(Problem):
         return LearnedGradientDescent(cfg, solver, net, coupling, lam, cfg.lambda_per_iteration)
 
     def baselines(self) -> dict[str, tuple[str, str]]:
-        return {"learned_lambda": ("convnet", "update_lambda")}
+        return {
+            "learned_lambda": ("convnet", "update_lambda"),
+            "primal_dual": ("convnet", "primal_dual"),
+        }
 
     def untrained_baselines(self) -> dict[str, tuple[str, str]]:
         return {"solver": ("none", "update")}
@@ -323,13 +364,33 @@ class Tomography(Problem):
     def batch(
         self, data: Mapping[str, torch.Tensor], batch_size: int, unroll: int, gen: torch.Generator
     ) -> Batch:
-        """``batch_size`` random training pairs; ``unroll`` caps the iterations (-1: all)."""
+        """``batch_size`` training pairs; ``unroll`` caps the iterations (-1: all).
+
+        ``problem.train_data=fresh`` (the paper's way): new random-ellipse phantoms drawn from
+        ``gen`` for every batch, rendered on the ``upsample_train``-times finer grid and measured
+        with fresh noise from ``gen``; the trainer checkpoints ``gen``, so a resumed run sees the
+        same stream. ``stored``: random samples of the stored training split."""
+        if self.cfg.train_data == "fresh":
+            image, sinogram = self.draw(batch_size, gen)
+            like = {"device": data["angles"].device, "dtype": data["angles"].dtype}
+            return Batch(
+                inputs={"sinogram": sinogram.to(**like), "n_iter": torch.tensor(unroll)},
+                targets={"image": image.to(**like)},
+            )
         n = data["image"].shape[0]
         idx = torch.randint(n, (batch_size,), generator=gen).to(data["image"].device)
         return Batch(
             inputs={"sinogram": data["sinogram"][idx], "n_iter": torch.tensor(unroll)},
             targets={"image": data["image"][idx]},
         )
+
+    def draw(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` fresh training pairs ``(image (n, size, size), sinogram)`` in float64 on the
+        CPU, a function of ``gen``'s state (vectorised sampler, ``random_ellipses_batch``)."""
+        cfg, k = self.cfg, self.cfg.upsample_train
+        ellipses = random_ellipses_batch(n, cfg.n_ellipses, gen)
+        fine = render_ellipses_batch(ellipses, cfg.size * k, dtype=torch.float64)
+        return _pool(fine, k), self._measure(fine, k, gen)
 
     def full_batch(self, data: Mapping[str, torch.Tensor]) -> Batch:
         return Batch(
@@ -352,6 +413,22 @@ class Tomography(Problem):
             }
 
     # ------------------------------------------------------------ evaluation
+    tv_lam_chosen: float | None = None
+
+    def tune_baselines(self, models: Mapping[str, nn.Module], val: SplitData) -> dict[str, Any]:
+        """``problem.tv_lam=null``: TV's λ is the one of ``problem.tv_lam_grid`` with the best
+        mean PSNR on the validation phantoms (a fair baseline: tuned on data the learned models
+        were selected on, never on test)."""
+        from hybridsim.problems import tomography_eval
+
+        if self.cfg.tv_lam is not None:
+            return {}
+        chosen = tomography_eval.choose_tv_lambda(
+            self, next(iter(models.values())), val, list(self.cfg.tv_lam_grid)
+        )
+        self.tv_lam_chosen = chosen["tv_lam"]
+        return chosen
+
     def evaluate(
         self,
         models: Mapping[str, nn.Module],

@@ -33,19 +33,26 @@ if TYPE_CHECKING:
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
 
-def classical(problem: Tomography, model: LearnedGradientDescent) -> dict[str, Reconstruct]:
+def classical(
+    problem: Tomography, model: LearnedGradientDescent, tv_lam: float | None = None
+) -> dict[str, Reconstruct]:
     """FBP (the solver's filter and cut-off) and TV: FISTA on ``D + λ_TV TV_ε`` from that FBP,
-    nonnegative, ``problem.tv_iters`` steps (``docs/ct-numerics.md``: 30.19 dB on 128²)."""
-    from hybridsim.problems.tomography import line_integrals
+    nonnegative, ``problem.tv_iters`` steps (``docs/ct-numerics.md``: 30.19 dB on 128²), with
+    ``λ_TV = tv_lam`` (default: the one chosen on validation, else ``problem.tv_lam``)."""
+    from hybridsim.problems.tomography import data_term, line_integrals, operator
 
-    cfg, op = problem.cfg, model.op
+    cfg, op = problem.cfg, operator(problem.cfg)
     solver = model.solver
+    if tv_lam is None:
+        tv_lam = problem.tv_lam_chosen if cfg.tv_lam is None else cfg.tv_lam
+    if tv_lam is None:
+        raise ValueError("problem.tv_lam is null and no λ was chosen on validation")
 
     def fbp_rec(sinogram: torch.Tensor) -> torch.Tensor:
         return fbp(op, line_integrals(cfg, sinogram), solver.filter, solver.cutoff)
 
     tv = AcceleratedGradientDescent(
-        model.data, TotalVariation(cfg.tv_eps), cfg.tv_lam, nonnegative=True
+        data_term(cfg, op), TotalVariation(cfg.tv_eps), tv_lam, nonnegative=True
     )
 
     def tv_rec(sinogram: torch.Tensor) -> torch.Tensor:
@@ -54,6 +61,32 @@ def classical(problem: Tomography, model: LearnedGradientDescent) -> dict[str, R
         return rollout(step, state, cfg.tv_iters, save_every=cfg.tv_iters)[-1][0]
 
     return {"fbp": fbp_rec, "tv": tv_rec}
+
+
+def choose_tv_lambda(
+    problem: Tomography, model: nn.Module, val: SplitData, grid: list[float]
+) -> dict[str, Any]:
+    """The TV weight of ``grid`` with the best mean PSNR on the validation phantoms (the test
+    split is never looked at), and the validation PSNR of every candidate."""
+    like = _like(model)
+    sino = torch.as_tensor(val.arrays["sinogram"]).to(**like)
+    true = torch.as_tensor(val.arrays["image"]).to(**like)
+    scores = {}
+    for lam in grid:
+        tv = classical(problem, model, tv_lam=lam)["tv"]  # type: ignore[arg-type]
+        with torch.no_grad():
+            scores[lam] = float(psnr(tv(sino), true).mean())
+    best = max(scores, key=lambda lam: scores[lam])
+    return {
+        "tv_lam": best,
+        "tv_val_psnr": {f"{lam:g}": v for lam, v in scores.items()},
+        "tv_lam_at_grid_edge": best in (min(grid), max(grid)),
+    }
+
+
+def _like(model: nn.Module) -> dict[str, Any]:
+    anchor = next(iter(model.buffers()))
+    return {"device": anchor.device, "dtype": anchor.dtype}
 
 
 def _scores(rec: Reconstruct, sinogram: torch.Tensor, true: torch.Tensor) -> dict[str, Any]:
@@ -72,8 +105,7 @@ def evaluate(
     out_dir: Path,
 ) -> dict[str, Any]:
     ref = next(iter(models.values()))
-    anchor = next(iter(ref.buffers()))
-    like = {"device": anchor.device, "dtype": anchor.dtype}
+    like = _like(ref)
     held_sino = torch.as_tensor(test.arrays["sinogram"]).to(**like)
     held_true = torch.as_tensor(test.arrays["image"]).to(**like)
     sl_sino = torch.as_tensor(test.arrays["shepp_logan_sinogram"]).to(**like)
@@ -107,7 +139,8 @@ def evaluate(
             "n_angles": problem.cfg.n_angles,
             "forward_model": problem.cfg.forward_model,
             "noise": problem.cfg.noise,
-            "tv_lam": problem.cfg.tv_lam,
+            "tv_lam": problem.tv_lam_chosen if problem.cfg.tv_lam is None else problem.cfg.tv_lam,
+            "tv_lam_chosen_on": "config" if problem.cfg.tv_lam is not None else "validation",
             "tv_eps": problem.cfg.tv_eps,
             "tv_iters": problem.cfg.tv_iters,
         },
