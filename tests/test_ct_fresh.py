@@ -134,6 +134,31 @@ def test_tv_lambda_is_chosen_on_validation_and_used_at_test():
     assert fixed.tune_baselines({"hybrid": model}, val) == {}
 
 
+def test_tv_lambda_search_goes_past_the_grid_when_the_best_is_at_its_edge(monkeypatch):
+    """The scale of λ depends on the data term (Beer-Lambert's likelihood is ~mu² i0 times the
+    least-squares term): an optimum beyond the grid is found, not reported as the grid's edge."""
+    problem = Tomography(replace(FRESH, tv_lam_grid=[1e-4, 1e-3, 1e-2]))
+    val = problem.generate("val", 2)
+    model = problem.build_model(CTSolverConfig(name="gd", n_iter=2), NET, "update", None)
+    true = torch.as_tensor(val.arrays["image"])
+    wiggle = torch.rand(true.shape, generator=torch.Generator().manual_seed(0), dtype=true.dtype)
+
+    def classical(problem, model, tv_lam):  # PSNR peaks at λ = 0.3, far above the grid
+        error = 0.01 + abs(np.log10(tv_lam / 0.3))
+        return {"tv": lambda sino: true + error * (wiggle - 0.5)}
+
+    monkeypatch.setattr(tomography_eval, "classical", classical)
+    chosen = tomography_eval.choose_tv_lambda(problem, model, val, [1e-4, 1e-3, 1e-2])
+    assert 0.1 <= chosen["tv_lam"] <= 1.0 and not chosen["tv_lam_at_grid_edge"]
+    tried = sorted(float(k) for k in chosen["tv_val_psnr"])
+    assert tried[-1] > chosen["tv_lam"], "the search stops one step past the optimum"
+    # below the grid as well; with no extension allowed, the edge is reported
+    capped = tomography_eval.choose_tv_lambda(problem, model, val, [3.0, 10.0], max_extensions=0)
+    assert capped["tv_lam"] == 3.0 and capped["tv_lam_at_grid_edge"]
+    below = tomography_eval.choose_tv_lambda(problem, model, val, [3.0, 10.0])
+    assert 0.1 <= below["tv_lam"] <= 1.0 and not below["tv_lam_at_grid_edge"]
+
+
 @pytest.mark.parametrize(
     "kw,needle",
     [

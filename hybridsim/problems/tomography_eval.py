@@ -64,23 +64,47 @@ def classical(
 
 
 def choose_tv_lambda(
-    problem: Tomography, model: nn.Module, val: SplitData, grid: list[float]
+    problem: Tomography,
+    model: nn.Module,
+    val: SplitData,
+    grid: list[float],
+    max_extensions: int = 8,
 ) -> dict[str, Any]:
-    """The TV weight of ``grid`` with the best mean PSNR on the validation phantoms (the test
-    split is never looked at), and the validation PSNR of every candidate."""
+    """The TV weight with the best mean PSNR on the validation phantoms (the test split is never
+    looked at), and the validation PSNR of every candidate tried.
+
+    The search starts on ``grid``. The right scale of λ depends on the data term (the
+    Beer-Lambert likelihood is about ``mu² i0`` times the least-squares term), so while the best
+    λ is an edge of the values tried, the search goes on past that edge by factors of
+    ``edge / neighbour`` (at most ``max_extensions`` steps); ``tv_lam_at_grid_edge`` says if the
+    optimum is still at an edge after that."""
     like = _like(model)
     sino = torch.as_tensor(val.arrays["sinogram"]).to(**like)
     true = torch.as_tensor(val.arrays["image"]).to(**like)
-    scores = {}
-    for lam in grid:
+    scores: dict[float, float] = {}
+
+    def score(lam: float) -> None:
         tv = classical(problem, model, tv_lam=lam)["tv"]  # type: ignore[arg-type]
         with torch.no_grad():
             scores[lam] = float(psnr(tv(sino), true).mean())
+
+    for lam in grid:
+        score(float(lam))
+    for _ in range(max_extensions):
+        tried = sorted(scores)
+        best = max(scores, key=lambda lam: scores[lam])
+        if len(tried) < 2 or best not in (tried[0], tried[-1]) or best == 0.0:
+            break
+        if best == tried[-1]:
+            score(best * (max(best / tried[-2], 2.0) if tried[-2] > 0 else 10.0))
+        else:
+            score(best / max(tried[1] / best, 2.0))
     best = max(scores, key=lambda lam: scores[lam])
+    tried = sorted(scores)
     return {
         "tv_lam": best,
-        "tv_val_psnr": {f"{lam:g}": v for lam, v in scores.items()},
-        "tv_lam_at_grid_edge": best in (min(grid), max(grid)),
+        "tv_val_psnr": {f"{lam:g}": scores[lam] for lam in tried},
+        "tv_lam_at_grid_edge": len(tried) > 1 and best in (tried[0], tried[-1]),
     }
 
 
