@@ -548,6 +548,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "recipe": {"steps": 800, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
     },
     "wake3d": {
@@ -565,6 +567,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "recipe": {"steps": 200, "unroll": [4]},
+        "correction": {"width": [16, 16]},
         **_SCENARIO_COMMON,
     },
     "taylor_green": {
@@ -582,6 +586,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "rms2",
         "conserve_momentum": True,
+        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
     },
     "kolmogorov": {
@@ -599,23 +605,27 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": True,
+        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
     },
 }
 
 
 def ns_scenario_default(scenario: str, key: str) -> Any:
-    """The ``ns_scenario`` resolver: the default of ``problem.<key>`` for ``scenario``."""
+    """The ``ns_scenario`` resolver: the default of ``problem.<key>`` (or of ``recipe.steps``,
+    ``correction.width``: a dotted key) for ``scenario``."""
     _one_of("problem.scenario", scenario, NS_SCENARIOS)
-    row = NS_SCENARIO_DEFAULTS[scenario]
-    if key not in row:
-        raise ConfigError(f"problem.{key} has no per-scenario default (known: {', '.join(row)})")
-    value = row[key]
-    return list(value) if isinstance(value, list) else value
+    node: Any = NS_SCENARIO_DEFAULTS[scenario]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{key} has no per-scenario default for problem.scenario={scenario}")
+        node = node[part]
+    return list(node) if isinstance(node, list) else node
 
 
 def _wake(key: str) -> Any:
-    value = NS_SCENARIO_DEFAULTS["wake"][key]
+    value = ns_scenario_default("wake", key)
     return (lambda: list(value)) if isinstance(value, list) else value
 
 

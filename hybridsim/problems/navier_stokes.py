@@ -37,7 +37,8 @@ semi-Lagrangian advection does not conserve it, and a learned correction need no
 uniform flow thus created is never damped (no viscosity acts on it) and, in a decaying flow,
 comes to dominate a 500-step rollout (measured: Taylor–Green at Re 8). With the option on, the
 corrected step's mean is set to ``<u_t> (1 - drag dt) + dt <f>`` (the discrete balance of the
-solver's own explicit forcing), so the correction changes only the fluctuations. Convolutions wrap around on periodic domains (``correction.padding``).
+solver's own explicit forcing), so the correction changes only the fluctuations.
+Convolutions wrap around on periodic domains (``correction.padding``).
 
 Data per split (one batched reference simulation, one sample per Reynolds number), coarse only:
 ``u, v[, w]: (n_re, n_t, *face_shape)``, ``p: (n_re, n_t, *cells)``, ``reynolds: (n_re,)``;
