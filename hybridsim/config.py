@@ -548,7 +548,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
-        "recipe": {"steps": 800, "unroll": [4, 8]},
+        "recipe": {"steps": 1000, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
     },
