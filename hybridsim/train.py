@@ -461,6 +461,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     from hybridsim.data import ensure_dataset, read_split
     from hybridsim.problems.base import registered
 
+    cpu_start = time.process_time()  # this process's CPU time (all threads): data and fits
     torch.manual_seed(cfg.seed)
     device = torch.device(resolve_device(cfg.device))
     dtype = getattr(torch, cfg.dtype)
@@ -468,6 +469,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
     coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
     path, generated = ensure_dataset(problem, cfg.data_dir)
     print(f"data: {path} ({'generated' if generated else 'cached'})", flush=True)
+    cpu = {"data": time.process_time() - cpu_start}
     train_split, val_split = read_split(path, "train"), read_split(path, "val")
     models = problem.model_set(
         cfg.solver, cfg.correction, coupling, train_split, cfg.recipe.baselines
@@ -484,6 +486,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
         for i, (name, model) in enumerate(models.items()):
             torch.manual_seed(cfg.seed + 1000 * i)  # each model's init independent of the order
             model.to(device=device, dtype=dtype)
+            cpu_fit = time.process_time()
             results[name] = fit(
                 problem,
                 model,
@@ -496,6 +499,7 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
                 config=config,
                 progress=cfg.progress,
             )
+            cpu[name] = time.process_time() - cpu_fit
     except TrainingDiverged as e:
         _write_meta(run_dir, meta, "diverged", str(e))
         raise
@@ -507,9 +511,17 @@ def run_training(cfg: Any, run_dir: Path, config: dict[str, Any]) -> dict[str, F
         _write_meta(run_dir, meta, "failed", (str(e).strip().splitlines() or [repr(e)])[0])
         raise
     meta["fits"] = {
-        k: {"steps": v.step, "best_val_loss": v.best, "seconds": round(v.seconds, 2)}
+        k: {
+            "steps": v.step,
+            "best_val_loss": v.best,
+            "seconds": round(v.seconds, 2),
+            "cpu_seconds": round(cpu[k], 2),
+        }
         for k, v in results.items()
     }
+    # CPU seconds of this process (data generation in it when not cached, and every fit):
+    # on a shared machine the wall-clock "seconds" above include the time others ran
+    meta["cpu_seconds"] = {"data": round(cpu["data"], 2), "total": round(sum(cpu.values()), 2)}
     _write_meta(run_dir, meta, "completed")
     _plot_training_curve(run_dir)
     return results
