@@ -145,9 +145,13 @@ TRAIN_ON_TEST = [
     "recipe.steps=40",
     "recipe.val_every=20",
     "recipe.unroll=[4]",
-    "correction.width=[8,8]",
     "progress=none",
 ]
+# The hybrid's 100-step-style error over the solver's must be below this. Untrained (recipe.lr=
+# 1e-9), the correction is worse than the solver alone on the wakes and Kolmogorov flow; on
+# Taylor-Green an untrained rms2 correction already helps a little (0.95x), a trained one 0.15x.
+MAX_RATIO = {"wake": 1.0, "wake3d": 1.0, "kolmogorov": 1.0, "taylor_green": 0.5}
+WIDTH = {"wake": "[16,16]", "wake3d": "[8,8]", "kolmogorov": "[8,8]", "taylor_green": "[8,8]"}
 
 
 @pytest.mark.slow
@@ -158,10 +162,12 @@ def test_each_scenario_hybrid_beats_the_solver_on_its_training_data(
     monkeypatch.chdir(tmp_path)
     run_dir = tmp_path / "run"
     argv = ["train", "problem=ns", f"problem.scenario={scenario}", *SCENARIO_TINY[scenario]]
-    assert main([*argv, *TRAIN_ON_TEST, f"hydra.run.dir={run_dir}"]) == 0
+    argv += [*TRAIN_ON_TEST, f"correction.width={WIDTH[scenario]}", f"hydra.run.dir={run_dir}"]
+    assert main(argv) == 0
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     table = metrics["table"]
     assert metrics["eval_steps"] == 8 and metrics["eval_long_steps"] == 15
     for name in ("hybrid", "non", "solver"):
         assert table[name]["finite_15"] == 1.0, (name, table[name])
-    assert table["hybrid"]["rel_l2_mean"] < table["solver"]["rel_l2_mean"], table
+    ratio = table["hybrid"]["rel_l2_mean"] / table["solver"]["rel_l2_mean"]
+    assert ratio < MAX_RATIO[scenario], f"hybrid / solver error {ratio:.3f}: {table}"
