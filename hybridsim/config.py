@@ -637,7 +637,9 @@ class NSConfig:
     Scenarios: ``wake`` (2D cylinder, the paper's case), ``wake3d`` (sphere), ``taylor_green``
     (exact reference), ``kolmogorov`` (periodic forced flow). Reynolds numbers set the viscosity
     (wake: ``nu = U D / Re``; periodic: ``nu = 1 / Re``) and are a network input. Defaults here
-    are the wake's; ``conf/problem/ns.yaml`` takes every scenario's from ``NS_SCENARIO_DEFAULTS``.
+    are the wake's, except ``eval_long_steps`` (None: a run saved before it existed gets the
+    longest its test frames allow); ``conf/problem/ns.yaml`` takes every scenario's from
+    ``NS_SCENARIO_DEFAULTS``.
     """
 
     name: str = "ns"
@@ -671,11 +673,15 @@ class NSConfig:
     conserve_momentum: bool = _wake("conserve_momentum")
     val_steps: int = _wake("val_steps")
     eval_steps: int = _wake("eval_steps")  # the headline rollout (mean error over its steps)
-    eval_long_steps: int = _wake("eval_long_steps")  # the long rollout (finite? error at its end)
+    # the long rollout (finite? error at its end); None (a run saved before this setting
+    # existed): the longest its test frames allow, up to 500
+    eval_long_steps: int | None = None
     eval_starts: int = _wake("eval_starts")
 
     def __post_init__(self) -> None:
         p = "problem"
+        if self.eval_long_steps is None:
+            self.eval_long_steps = max(self.eval_steps, min(500, self.n_frames_test - 1))
         _one_of("problem.scenario", self.scenario, NS_SCENARIOS)
         _one_of("problem.input_scale", self.input_scale, NS_INPUT_SCALES)
         _one_of(

@@ -288,3 +288,10 @@ def test_periodic_correction_is_translation_equivariant():
     with torch.no_grad():
         c = zeros.correct(tuple(roll(v) for v in u), re)
     assert any(not torch.allclose(roll(x), y, atol=1e-6) for x, y in zip(a, c, strict=True))
+
+
+def test_a_config_saved_before_eval_long_steps_still_evaluates():
+    """A run saved without eval_long_steps gets the longest rollout its test frames allow."""
+    old = replace(TINY, eval_long_steps=None)
+    assert old.eval_long_steps == old.n_frames_test - 1
+    assert NSConfig().eval_long_steps == 500
