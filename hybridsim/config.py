@@ -252,9 +252,13 @@ class CorrectionConfig:
     init_scale: float = 0.1
     kernel_size: int = 3
     blocks: int = 0
+    # Convolution padding: auto (circular on a periodic domain, zeros otherwise) | zeros |
+    # circular. Used by the convolutional kinds.
+    padding: str = "auto"
 
     def __post_init__(self) -> None:
         _one_of("correction.kind", self.kind, ("none", "mlp", "convnet", "resnet", "unet"))
+        _one_of("correction.padding", self.padding, ("auto", "zeros", "circular"))
         _non_negative("correction", init_scale=self.init_scale, blocks=self.blocks)
         _positive("correction", kernel_size=self.kernel_size)
         for w in self.width:
@@ -429,6 +433,8 @@ def register_schemas() -> None:
         cs.store(group="schema/solver", name=name, node=node)
     cs.store(group="schema/correction", name="base", node=CorrectionConfig)
     cs.store(group="schema/recipe", name="base", node=RecipeConfig)
+    if not OmegaConf.has_resolver("ns_scenario"):
+        OmegaConf.register_new_resolver("ns_scenario", ns_scenario_default)
 
 
 # ------------------------------------------------------------------ generic value checks
@@ -597,6 +603,109 @@ def resolve_device(name: str) -> str:
 
 
 # ------------------------------------------------------------------- problem=ns schemas
+NS_SCENARIOS = ("wake", "wake3d", "taylor_green", "kolmogorov")
+NS_INPUT_SCALES = ("fixed", "rms", "rms2")
+# The one source of truth for the settings that depend on problem.scenario: conf/problem/ns.yaml
+# reads every key below through the ``ns_scenario`` resolver (``${ns_scenario:${problem.
+# scenario},resolution}``), and NSConfig's defaults are the wake's row. An explicit override
+# (``problem.dt=0.05``) replaces the interpolation, so a user's setting always wins. Why each
+# value: docs/ns.md, "Scenarios".
+_SCENARIO_COMMON = {"eval_steps": 100, "eval_long_steps": 500, "eval_starts": 2}
+NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "wake": {
+        "resolution": [64, 32],
+        "factor": 4,
+        "size": [200.0, 100.0],
+        "center": [50.0, 50.0],
+        "dt": 1.0,
+        "reynolds_train": [100.0, 400.0, 1600.0],
+        "reynolds_val": [800.0],
+        "reynolds_test": [200.0, 1200.0],
+        "warmup": 400,
+        "n_frames": 120,
+        "n_frames_test": 530,
+        "val_steps": 16,
+        "input_scale": "fixed",
+        "conserve_momentum": False,
+        "recipe": {"steps": 1000, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
+        **_SCENARIO_COMMON,
+    },
+    "wake3d": {
+        "resolution": [32, 16, 16],
+        "factor": 2,
+        "size": [200.0, 100.0, 100.0],
+        "center": [50.0, 50.0, 50.0],
+        "dt": 1.0,
+        "reynolds_train": [100.0, 400.0, 1600.0],
+        "reynolds_val": [800.0],
+        "reynolds_test": [200.0, 1200.0],
+        "warmup": 40,
+        "n_frames": 160,
+        "n_frames_test": 530,
+        "val_steps": 16,
+        "input_scale": "fixed",
+        "conserve_momentum": False,
+        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "correction": {"width": [16, 16]},
+        **_SCENARIO_COMMON,
+    },
+    "taylor_green": {
+        "resolution": [32, 32],
+        "factor": 1,
+        "size": [6.283185307179586, 6.283185307179586],
+        "center": [3.141592653589793, 3.141592653589793],
+        "dt": 0.1,
+        "reynolds_train": [5.0, 20.0],
+        "reynolds_val": [10.0],
+        "reynolds_test": [8.0, 15.0],
+        "warmup": 0,
+        "n_frames": 120,
+        "n_frames_test": 530,
+        "val_steps": 16,
+        "input_scale": "rms2",
+        "conserve_momentum": True,
+        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
+        **_SCENARIO_COMMON,
+    },
+    "kolmogorov": {
+        "resolution": [32, 32],
+        "factor": 4,
+        "size": [6.283185307179586, 6.283185307179586],
+        "center": [3.141592653589793, 3.141592653589793],
+        "dt": 0.05,
+        "reynolds_train": [50.0, 200.0],
+        "reynolds_val": [100.0],
+        "reynolds_test": [80.0, 150.0],
+        "warmup": 400,
+        "n_frames": 120,
+        "n_frames_test": 530,
+        "val_steps": 16,
+        "input_scale": "fixed",
+        "conserve_momentum": True,
+        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "correction": {"width": [32, 32, 32]},
+        **_SCENARIO_COMMON,
+    },
+}
+
+
+def ns_scenario_default(scenario: str, key: str) -> Any:
+    """The ``ns_scenario`` resolver: the default of ``problem.<key>`` (or of ``recipe.steps``,
+    ``correction.width``: a dotted key) for ``scenario``."""
+    _one_of("problem.scenario", scenario, NS_SCENARIOS)
+    node: Any = NS_SCENARIO_DEFAULTS[scenario]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"{key} has no per-scenario default for problem.scenario={scenario}")
+        node = node[part]
+    return list(node) if isinstance(node, list) else node
+
+
+def _wake(key: str) -> Any:
+    value = ns_scenario_default("wake", key)
+    return (lambda: list(value)) if isinstance(value, list) else value
 
 
 @dataclass
@@ -606,38 +715,54 @@ class NSConfig:
 
     Scenarios: ``wake`` (2D cylinder, the paper's case), ``wake3d`` (sphere), ``taylor_green``
     (exact reference), ``kolmogorov`` (periodic forced flow). Reynolds numbers set the viscosity
-    (wake: ``nu = U D / Re``; periodic: ``nu = 1 / Re``) and are a network input.
+    (wake: ``nu = U D / Re``; periodic: ``nu = 1 / Re``) and are a network input. Defaults here
+    are the wake's, except ``eval_long_steps`` (None: a run saved before it existed gets the
+    longest its test frames allow); ``conf/problem/ns.yaml`` takes every scenario's from
+    ``NS_SCENARIO_DEFAULTS``.
     """
 
     name: str = "ns"
     scenario: str = "wake"
-    resolution: list[int] = field(default_factory=lambda: [64, 32])  # coarse (nx, ny[, nz])
-    factor: int = 4  # reference resolution = factor * resolution
-    size: list[float] = field(default_factory=lambda: [200.0, 100.0])  # wake domain
-    center: list[float] = field(default_factory=lambda: [50.0, 50.0])  # obstacle centre
+    resolution: list[int] = field(default_factory=_wake("resolution"))  # coarse (nx, ny[, nz])
+    factor: int = _wake("factor")  # reference resolution = factor * resolution
+    size: list[float] = field(default_factory=_wake("size"))  # wake domain
+    center: list[float] = field(default_factory=_wake("center"))  # obstacle centre
     radius: float = 10.0
     inflow_velocity: float = 1.0
     perturbation: float = 0.1
-    dt: float = 1.0
-    reynolds_train: list[float] = field(default_factory=lambda: [100.0, 400.0, 1600.0])
-    reynolds_val: list[float] = field(default_factory=lambda: [800.0])
-    reynolds_test: list[float] = field(default_factory=lambda: [200.0, 1200.0])
-    warmup: int = 400  # reference steps before the first recorded frame
-    n_frames: int = 120  # frames per simulation (train, val)
-    n_frames_test: int = 130  # frames per test simulation (>= eval_steps + 1)
+    dt: float = _wake("dt")
+    reynolds_train: list[float] = field(default_factory=_wake("reynolds_train"))
+    reynolds_val: list[float] = field(default_factory=_wake("reynolds_val"))
+    reynolds_test: list[float] = field(default_factory=_wake("reynolds_test"))
+    warmup: int = _wake("warmup")  # reference steps before the first recorded frame
+    n_frames: int = _wake("n_frames")  # frames per simulation (train, val)
+    n_frames_test: int = _wake("n_frames_test")  # per test simulation (>= eval_long_steps + 1)
     reference_advection: str = "semi_lagrangian"
     seed_train: int = 1
     seed_val: int = 2
     seed_test: int = 3
     # Model and evaluation only (not part of the data):
     project_correction: bool = False  # re-project the corrected velocity (off: Um et al.)
-    val_steps: int = 16
-    eval_steps: int = 100
-    eval_starts: int = 2
+    # Network input/output scale: ``fixed`` (U for the wakes, 1 for the periodic flows),
+    # ``rms`` (inputs / each sample's rms velocity s, output * s) or ``rms2`` (output * s^2/U:
+    # the correction fades with a decaying flow like the advection error it makes up for).
+    input_scale: str = _wake("input_scale")
+    # Periodic domains only: the corrected step keeps the exact mean-momentum balance
+    # <u>_{t+1} = <u>_t (1 - drag dt) + dt <f> (semi-Lagrangian advection does not).
+    conserve_momentum: bool = _wake("conserve_momentum")
+    val_steps: int = _wake("val_steps")
+    eval_steps: int = _wake("eval_steps")  # the headline rollout (mean error over its steps)
+    # the long rollout (finite? error at its end); None (a run saved before this setting
+    # existed): the longest its test frames allow, up to 500
+    eval_long_steps: int | None = None
+    eval_starts: int = _wake("eval_starts")
 
     def __post_init__(self) -> None:
         p = "problem"
-        _one_of("problem.scenario", self.scenario, ("wake", "wake3d", "taylor_green", "kolmogorov"))
+        if self.eval_long_steps is None:
+            self.eval_long_steps = max(self.eval_steps, min(500, self.n_frames_test - 1))
+        _one_of("problem.scenario", self.scenario, NS_SCENARIOS)
+        _one_of("problem.input_scale", self.input_scale, NS_INPUT_SCALES)
         _one_of(
             "problem.reference_advection",
             self.reference_advection,
@@ -652,6 +777,7 @@ class NSConfig:
             n_frames_test=self.n_frames_test,
             val_steps=self.val_steps,
             eval_steps=self.eval_steps,
+            eval_long_steps=self.eval_long_steps,
             eval_starts=self.eval_starts,
             inflow_velocity=self.inflow_velocity,
         )
@@ -669,10 +795,15 @@ class NSConfig:
                 _positive(p, **{key: r})
         if self.n_frames < 2:
             raise ConfigError(f"problem.n_frames must be >= 2, got {self.n_frames}")
-        if self.n_frames_test < self.eval_steps + 1:
+        if self.eval_long_steps < self.eval_steps:
             raise ConfigError(
-                f"problem.n_frames_test={self.n_frames_test} must be >= problem.eval_steps + 1 "
-                f"= {self.eval_steps + 1}"
+                f"problem.eval_long_steps={self.eval_long_steps} must be >= problem.eval_steps "
+                f"= {self.eval_steps}"
+            )
+        if self.n_frames_test < self.eval_long_steps + 1:
+            raise ConfigError(
+                f"problem.n_frames_test={self.n_frames_test} must be >= "
+                f"problem.eval_long_steps + 1 = {self.eval_long_steps + 1}"
             )
 
 

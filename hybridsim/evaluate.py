@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ def run_eval(
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run; returns the metrics dict (also written to ``<run>/eval/metrics.json``)."""
+    cpu_start = time.process_time()
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     ckpt_path = Path(ckpt) if ckpt else run_dir / "checkpoints" / "best.pt"
@@ -121,12 +123,26 @@ def run_eval(
         result["tuned_on_validation"] = tuned
     result["checkpoint"] = str(ckpt_path)
     result["data"] = str(path)
+    # CPU seconds (run-level metrics in `hybridsim report`): this evaluation, and the training
+    # (data generation when not cached, every fit) as meta.json recorded it
+    result["cpu_seconds_eval"] = round(time.process_time() - cpu_start, 2)
+    train_cpu = _train_cpu_seconds(run_dir)
+    if train_cpu is not None:
+        result["cpu_seconds_train"] = train_cpu
     write_json_atomic(result, out_dir / "metrics.json")
     if result.get("discovery", {}).get("equations"):
         write_text_atomic(
             out_dir / "equations.txt", "\n".join(result["discovery"]["equations"]) + "\n"
         )
     return result
+
+
+def _train_cpu_seconds(run_dir: Path) -> float | None:
+    try:
+        value = json.loads((run_dir / "meta.json").read_text())["cpu_seconds"]["total"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
 
 
 def print_table(result: dict[str, Any]) -> None:

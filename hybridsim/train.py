@@ -513,6 +513,7 @@ def run_training(
     from hybridsim.problems.base import registered
 
     world = parallel.world()  # under torchrun every rank runs this; rank 0 alone writes
+    cpu_start = time.process_time()  # this process's CPU time (all threads): data and fits
     torch.manual_seed(cfg.seed)
     device = torch.device(resolve_device(cfg.device))
     if world.active and device.type == "cuda":
@@ -529,6 +530,7 @@ def run_training(
         parallel.barrier()  # the others read the file once rank 0 has it
     if not world.main:
         path = data_path(problem, cfg.data_dir)
+    cpu = {"data": time.process_time() - cpu_start}
     train_split, val_split = read_split(path, "train"), read_split(path, "val")
     models = problem.model_set(
         cfg.solver, cfg.correction, coupling, train_split, cfg.recipe.baselines
@@ -570,6 +572,10 @@ def run_training(
         }
         for k, v in results.items()
     }
+    # CPU seconds of this process (data generation in it when not cached, and every fit):
+    # on a shared machine the wall-clock "seconds" above include the time others ran
+    total = cpu["data"] + sum(v.cpu_seconds for v in results.values())
+    meta["cpu_seconds"] = {"data": round(cpu["data"], 2), "total": round(total, 2)}
     _write_meta(run_dir, meta, "completed")
     _plot_training_curve(run_dir)
     return results

@@ -22,6 +22,7 @@ TINY = NSConfig(
     n_frames=12,
     n_frames_test=12,
     eval_steps=8,
+    eval_long_steps=10,
     reynolds_train=[100.0, 800.0],
     reynolds_val=[300.0],
     reynolds_test=[200.0],
@@ -144,6 +145,7 @@ def test_taylor_green_reference_is_exact():
         n_frames=5,
         n_frames_test=5,
         eval_steps=4,
+        eval_long_steps=4,
         reynolds_train=[10.0],
         reynolds_val=[20.0],
         reynolds_test=[15.0],
@@ -174,9 +176,122 @@ def test_bad_geometry(change, needle):
         ({"reynolds_train": [100.0, -5.0]}, "reynolds_train"),
         ({"reynolds_test": [0.0]}, "reynolds_test"),
         ({"scenario": "nope"}, "choose one of"),
-        ({"eval_steps": 50}, "n_frames_test"),
+        ({"eval_long_steps": 50}, "n_frames_test"),
+        ({"eval_steps": 11}, "problem.eval_long_steps=10 must be >= problem.eval_steps"),
+        ({"input_scale": "energy"}, "problem.input_scale=energy"),
     ],
 )
 def test_bad_config(change, needle):
     with pytest.raises(ConfigError, match=needle):
         replace(TINY, **change)
+
+
+def test_bad_scenario_options():
+    with pytest.raises(ProblemError, match="problem.conserve_momentum=true needs a periodic"):
+        NavierStokes(replace(TINY, conserve_momentum=True))
+    with pytest.raises(ConfigError, match="correction.padding=reflect"):
+        CorrectionConfig(kind="resnet", padding="reflect")
+
+
+# ------------------------------------------------------------------ scale, momentum, padding
+def _periodic(scenario: str, **kw) -> NSConfig:
+    base = {
+        "scenario": scenario,
+        "resolution": [16, 16],
+        "factor": 1 if scenario == "taylor_green" else 2,
+        "dt": 0.1 if scenario == "taylor_green" else 0.05,
+        "warmup": 0 if scenario == "taylor_green" else 20,
+        "n_frames": 12,
+        "n_frames_test": 12,
+        "eval_steps": 8,
+        "eval_long_steps": 10,
+        "reynolds_train": [5.0, 20.0] if scenario == "taylor_green" else [50.0, 200.0],
+        "reynolds_val": [10.0] if scenario == "taylor_green" else [100.0],
+        "reynolds_test": [8.0] if scenario == "taylor_green" else [80.0],
+        "input_scale": "rms2" if scenario == "taylor_green" else "fixed",
+        "conserve_momentum": True,
+    }
+    return NSConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("input_scale,degree", [("rms", 1), ("rms2", 2)])
+def test_rms_scaled_correction_is_homogeneous(input_scale, degree):
+    """C(a u) = a^p C(u): p = 1 (rms) or 2 (rms2), whatever the network."""
+    problem = NavierStokes(_periodic("taylor_green", input_scale=input_scale))
+    train = problem.generate("train", 1)
+    model = problem.build_model(SOLVER, RESNET, "after_step", train).double()
+    data = train.tensors(torch.device("cpu"), torch.float64)
+    u = (data["u"][:, 3], data["v"][:, 3])
+    re = model.re_channel(data["reynolds"])
+    with torch.no_grad():
+        du1 = [c - v for c, v in zip(model.correct(u, re), u, strict=True)]
+        a = 0.01
+        ua = tuple(a * v for v in u)
+        dua = [c - v for c, v in zip(model.correct(ua, re), ua, strict=True)]
+    for x, y in zip(du1, dua, strict=True):
+        assert float(x.abs().max()) > 0
+        err = float((y - a**degree * x).abs().max()) / float((a**degree * x).abs().max())
+        assert err < 1e-8, f"C(a u) != a^{degree} C(u): relative difference {err:.2e}"
+
+
+def test_momentum_balance_on_periodic_domains():
+    """The corrected step keeps <u>_{t+1} = <u>_t (1 - drag dt) + dt <f> whatever the network
+    adds; without a correction the solver alone is untouched (bit for bit)."""
+    problem = NavierStokes(_periodic("kolmogorov"))
+    train = problem.generate("train", 1)
+    data = _tensors(train)
+    model = problem.build_model(SOLVER, RESNET, "after_step", train)
+    with torch.no_grad():
+        for p in model.correction.out.parameters():
+            p.add_(0.05)  # a correction with a large mean
+    shift = 0.3  # a uniform flow in the start state: decays by the drag only
+    state = (data["u"][:, 2] + shift, data["v"][:, 2], data["p"][:, 2])
+    with torch.no_grad():
+        out = model.rollout(state, data["reynolds"], 5)
+    drag = model.template.drag
+    for k, s in enumerate(out, start=1):
+        for c in range(2):  # the forcing sin(4y) has zero mean
+            expected = state[c].mean((1, 2)) * (1 - drag * model.dt) ** k
+            torch.testing.assert_close(s[c].mean((1, 2)), expected, rtol=1e-4, atol=1e-6)
+    solver = problem.build_model(SOLVER, CorrectionConfig(), "after_step", train)
+    assert not solver.conserve_momentum
+    plain = solver.template
+    with torch.no_grad():
+        a = solver.rollout(state, data["reynolds"], 2)[-1]
+        ref = state
+        for _ in range(2):
+            ref = model.solver(data["reynolds"]).step(ref, model.dt)
+    for x, y in zip(a, ref, strict=True):
+        assert torch.equal(x, y)
+    assert plain.drag == drag
+
+
+def test_periodic_correction_is_translation_equivariant():
+    """Circular padding (correction.padding=auto on a periodic domain): shifting the flow by
+    whole cells shifts the correction; periodic axes are packed without the zero pad."""
+    problem = NavierStokes(_periodic("kolmogorov"))
+    train = problem.generate("train", 1)
+    model = problem.build_model(SOLVER, RESNET, "after_step", train)
+    data = _tensors(train)
+    u = (data["u"][:, 4], data["v"][:, 4])
+    re = model.re_channel(data["reynolds"])
+    roll = lambda t: torch.roll(t, (3, 5), dims=(-2, -1))  # noqa: E731
+    with torch.no_grad():
+        a = model.correct(u, re)
+        b = model.correct(tuple(roll(v) for v in u), re)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(roll(x), y, rtol=1e-5, atol=1e-6)
+    zeros = NavierStokes(_periodic("kolmogorov")).build_model(
+        SOLVER, replace(RESNET, padding="zeros"), "after_step", train
+    )
+    zeros.correction.load_state_dict(model.correction.state_dict())
+    with torch.no_grad():
+        c = zeros.correct(tuple(roll(v) for v in u), re)
+    assert any(not torch.allclose(roll(x), y, atol=1e-6) for x, y in zip(a, c, strict=True))
+
+
+def test_a_config_saved_before_eval_long_steps_still_evaluates():
+    """A run saved without eval_long_steps gets the longest rollout its test frames allow."""
+    old = replace(TINY, eval_long_steps=None)
+    assert old.eval_long_steps == old.n_frames_test - 1
+    assert NSConfig().eval_long_steps == 500

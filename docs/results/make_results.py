@@ -42,6 +42,8 @@ class Experiment:
     seeds: int = 10
     # rows of its README table: (label, model or "*" or "model@column", metric)
     rows: list[tuple[str, str, str]] = field(default_factory=list)
+    # the models (columns) of that table: name in eval/metrics.json -> label
+    models: dict[str, str] = field(default_factory=lambda: dict(LV_MODELS))
 
 
 LV_MODELS = {
@@ -108,6 +110,36 @@ EXPERIMENTS = [
         rows=LV_ROWS,
     ),
 ]
+NS_MODELS = {
+    "solver": "SRC (coarse solver alone)",
+    "non": "NON (one-step supervised)",
+    "hybrid": "SOL (solver in the loop)",
+}
+NS_ROWS = [
+    ("100-step relative L2 error (mean over steps 1–100)", "*", "rel_l2_mean"),
+    ("relative L2 error at step 100", "*", "rel_l2_100"),
+    ("relative L2 error at step 500", "*", "rel_l2_500"),
+    ("rollouts finite over 500 steps (fraction)", "*", "finite_500"),
+    ("SRC's 100-step error / the model's", "*", "gain_over_solver"),
+    ("time until vorticity correlation < 0.95 (within 100 steps)", "*", "corr_time"),
+]
+# problem=ns, one per scenario a user can name, on that scenario's defaults (3 seeds: CPU-sized)
+for _scenario, _what in (
+    ("wake", "the 2D cylinder wake"),
+    ("taylor_green", "the Taylor–Green vortex (exact reference)"),
+    ("kolmogorov", "Kolmogorov flow"),
+    ("wake3d", "the 3D sphere wake (CPU-sized grid)"),
+):
+    EXPERIMENTS.append(
+        Experiment(
+            f"ns-{_scenario}",
+            f"`hybridsim train problem=ns problem.scenario={_scenario}`: {_what}",
+            ["problem=ns", f"problem.scenario={_scenario}"],
+            seeds=3,
+            rows=NS_ROWS,
+            models=NS_MODELS,
+        )
+    )
 # Generated blocks: (file, block name) -> the experiments shown in it
 BLOCKS = {
     ("README.md", "lv"): ["lv", "lv-noise5", "lv-noise0"],
@@ -205,9 +237,9 @@ def table(exp: Experiment, result: dict) -> str:
             f"make results: {exp.name} should give one group, got {len(report.groups)}"
         )
     stats = report.groups[0].stats
-    models = [m for m in LV_MODELS if m in stats]
+    models = [m for m in exp.models if m in stats]
     lines = [
-        "| | " + " | ".join(LV_MODELS[m] for m in models) + " |",
+        "| | " + " | ".join(exp.models[m] for m in models) + " |",
         "|---|" + "---|" * len(models),
     ]
     for label, model, metric in exp.rows:

@@ -11,7 +11,9 @@ Two layouts, both as in Um et al. (NeurIPS 2020) and its pbdl-book re-implementa
 All weights are Xavier-uniform with gain 0.1 (Um et al.'s code) and the output layer is scaled
 further by ``final_scale``: an untrained correction is small, so early unrolls stay stable;
 ``final_scale = 0`` gives an exactly-zero correction. Input ``(batch, c_in, *spatial)``, output
-``(batch, c_out, *spatial)``; ``padding = kernel_size // 2`` keeps the spatial shape.
+``(batch, c_out, *spatial)``; ``padding = kernel_size // 2`` keeps the spatial shape, with zeros
+(bounded domains) or wrapped around (``padding_mode="circular"``, periodic domains, so that the
+correction is translation-equivariant across the periodic boundary).
 The network knows nothing about physics.
 """
 
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+PADDING_MODES = ("zeros", "circular")
 
 
 def _conv(dim: int) -> type[nn.Module]:
@@ -32,12 +36,14 @@ def _conv(dim: int) -> type[nn.Module]:
 class ResBlock(nn.Module):
     """``y = relu(conv2(relu(conv1(x))) + skip(x))``; ``skip`` is 1x1 when the width changes."""
 
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, dim: int = 2) -> None:
+    def __init__(
+        self, c_in: int, c_out: int, kernel_size: int, dim: int = 2, padding_mode: str = "zeros"
+    ) -> None:
         super().__init__()
         conv = _conv(dim)
         pad = kernel_size // 2
-        self.conv1 = conv(c_in, c_out, kernel_size, padding=pad)
-        self.conv2 = conv(c_out, c_out, kernel_size, padding=pad)
+        self.conv1 = conv(c_in, c_out, kernel_size, padding=pad, padding_mode=padding_mode)
+        self.conv2 = conv(c_out, c_out, kernel_size, padding=pad, padding_mode=padding_mode)
         self.skip = conv(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +62,7 @@ class ResNet(nn.Module):
         dim: 2 or 3 spatial dimensions.
         gain: Xavier gain of every convolution (0.1 in Um et al.'s code).
         final_scale: extra factor on the output layer's initial weights (0: zero output).
+        padding_mode: ``zeros`` or ``circular`` (periodic fields).
     """
 
     def __init__(
@@ -68,8 +75,11 @@ class ResNet(nn.Module):
         dim: int = 2,
         gain: float = 0.1,
         final_scale: float = 1.0,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd (shape-preserving), got {kernel_size}")
         if not width:
@@ -78,14 +88,23 @@ class ResNet(nn.Module):
         layers: list[nn.Module] = []
         if blocks > 0:
             c = width[0]
-            layers.append(conv(in_channels, c, kernel_size, padding=kernel_size // 2))
+            layers.append(
+                conv(
+                    in_channels,
+                    c,
+                    kernel_size,
+                    padding=kernel_size // 2,
+                    padding_mode=padding_mode,
+                )
+            )
             layers.append(nn.ReLU())
-            layers += [ResBlock(c, c, kernel_size, dim) for _ in range(blocks)]
+            layers += [ResBlock(c, c, kernel_size, dim, padding_mode) for _ in range(blocks)]
             last = c
         else:
             chans = [in_channels, *width]
             layers += [
-                ResBlock(a, b, kernel_size, dim) for a, b in zip(chans[:-1], chans[1:], strict=True)
+                ResBlock(a, b, kernel_size, dim, padding_mode)
+                for a, b in zip(chans[:-1], chans[1:], strict=True)
             ]
             last = width[-1]
         self.body = nn.Sequential(*layers)

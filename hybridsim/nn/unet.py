@@ -4,7 +4,9 @@
 channels (ReLU); levels are joined by 2x average pooling down and nearest-neighbour upsampling
 with skip concatenation up; a 1x1 output convolution. Inputs of any spatial size: the field is
 zero-padded at the upper end to a multiple of ``2^L`` and the output cropped back. Output layer
-weights are scaled by ``final_scale`` (0: zero output). Knows nothing about physics.
+weights are scaled by ``final_scale`` (0: zero output). ``padding_mode="circular"`` wraps the
+convolutions around (periodic fields; exact when every size is a multiple of ``2^L``, else the
+zero padding up to that multiple breaks the period). Knows nothing about physics.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _double_conv(c_in: int, c_out: int, kernel_size: int, conv: type[nn.Module]) -> nn.Module:
+def _double_conv(
+    c_in: int, c_out: int, kernel_size: int, conv: type[nn.Module], padding_mode: str
+) -> nn.Module:
     pad = kernel_size // 2
     return nn.Sequential(
-        conv(c_in, c_out, kernel_size, padding=pad),
+        conv(c_in, c_out, kernel_size, padding=pad, padding_mode=padding_mode),
         nn.ReLU(),
-        conv(c_out, c_out, kernel_size, padding=pad),
+        conv(c_out, c_out, kernel_size, padding=pad, padding_mode=padding_mode),
         nn.ReLU(),
     )
 
@@ -37,8 +41,11 @@ class UNet(nn.Module):
         kernel_size: int = 3,
         dim: int = 2,
         final_scale: float = 1.0,
+        padding_mode: str = "zeros",
     ) -> None:
         super().__init__()
+        if padding_mode not in ("zeros", "circular"):
+            raise ValueError(f"padding_mode must be zeros or circular, got {padding_mode!r}")
         if dim not in (2, 3):
             raise ValueError(f"UNet supports 2D and 3D fields, got dim={dim}")
         if kernel_size % 2 != 1 or not width:
@@ -48,10 +55,10 @@ class UNet(nn.Module):
         self.down = nn.ModuleList()
         c_prev = in_channels
         for c in width:
-            self.down.append(_double_conv(c_prev, c, kernel_size, conv))
+            self.down.append(_double_conv(c_prev, c, kernel_size, conv, padding_mode))
             c_prev = c
         self.up = nn.ModuleList(
-            _double_conv(width[i + 1] + width[i], width[i], kernel_size, conv)
+            _double_conv(width[i + 1] + width[i], width[i], kernel_size, conv, padding_mode)
             for i in reversed(range(self.levels))
         )
         self.out = conv(width[0], out_channels, 1)

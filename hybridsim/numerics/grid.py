@@ -385,9 +385,13 @@ def stack_staggered(grid: MACGrid, velocity: Velocity) -> torch.Tensor:
     """Pack the components into one tensor ``(batch, dim, *(cells + 1))`` for a network.
 
     Each component is zero-padded at the upper end of the axes where it has fewer samples
-    (the layout PhiFlow's ``staggered_tensor`` uses); ``unstack_staggered`` inverts it.
+    (the layout PhiFlow's ``staggered_tensor`` uses); ``unstack_staggered`` inverts it. A
+    periodic axis has as many faces as cells and is not padded (``cells`` there, not
+    ``cells + 1``), so the packed tensor stays periodic for circular convolutions.
     """
-    full = [n + 1 for n in grid.cell_shape]
+    full = [
+        n + (0 if grid.periodic[grid.dim - 1 - td] else 1) for td, n in enumerate(grid.cell_shape)
+    ]
     comps = []
     for comp in velocity:
         pad = []
