@@ -126,9 +126,14 @@ def test_tv_lambda_is_chosen_on_validation_and_used_at_test():
         tv = tomography_eval.classical(problem, model, tv_lam=lam)["tv"]
         with torch.no_grad():
             scores[lam] = float(psnr(tv(sino), true).mean())
-    assert chosen["tv_lam"] == max(scores, key=scores.get) == problem.tv_lam_chosen
-    assert chosen["tv_lam"] != 1.0, "a weight of 1 flattens the image; it cannot be best"
-    np.testing.assert_allclose(list(chosen["tv_val_psnr"].values()), list(scores.values()))
+    # every grid value was scored as here; the search then refines around the grid's best
+    val_psnr = chosen["tv_val_psnr"]
+    np.testing.assert_allclose([val_psnr[f"{lam:g}"] for lam in scores], list(scores.values()))
+    assert chosen["tv_lam"] == problem.tv_lam_chosen
+    assert val_psnr[f"{chosen['tv_lam']:g}"] == max(val_psnr.values()) >= max(scores.values())
+    grid_best = max(scores, key=scores.get)
+    assert grid_best != 1.0, "a weight of 1 flattens the image; it cannot be best"
+    assert 1e-5 < chosen["tv_lam"] < 1.0 and not chosen["tv_lam_at_grid_edge"]
     # a configured λ is used as it is, and nothing is tuned
     fixed = Tomography(replace(FRESH, tv_lam=2e-3))
     assert fixed.tune_baselines({"hybrid": model}, val) == {}

@@ -7,6 +7,7 @@ PSNR and SSIM use the data range ``max − min`` of each true image (1 for Shepp
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -75,9 +76,9 @@ def choose_tv_lambda(
 
     The search starts on ``grid``. The right scale of λ depends on the data term (the
     Beer-Lambert likelihood is about ``mu² i0`` times the least-squares term), so while the best
-    λ is an edge of the values tried, the search goes on past that edge by factors of
-    ``edge / neighbour`` (at most ``max_extensions`` steps); ``tv_lam_at_grid_edge`` says if the
-    optimum is still at an edge after that."""
+    λ is an edge of the values tried, the search goes on past that edge by factors of 10 (at most
+    ``max_extensions`` steps), then refines twice between the best and its neighbours (geometric
+    means); ``tv_lam_at_grid_edge`` says if the optimum is still at an edge after that."""
     like = _like(model)
     sino = torch.as_tensor(val.arrays["sinogram"]).to(**like)
     true = torch.as_tensor(val.arrays["image"]).to(**like)
@@ -90,15 +91,21 @@ def choose_tv_lambda(
 
     for lam in grid:
         score(float(lam))
-    for _ in range(max_extensions):
+    for _ in range(max_extensions):  # past an edge by decades until the best is inside
         tried = sorted(scores)
         best = max(scores, key=lambda lam: scores[lam])
         if len(tried) < 2 or best not in (tried[0], tried[-1]) or best == 0.0:
             break
-        if best == tried[-1]:
-            score(best * (max(best / tried[-2], 2.0) if tried[-2] > 0 else 10.0))
-        else:
-            score(best / max(tried[1] / best, 2.0))
+        score(best * 10.0 if best == tried[-1] else best / 10.0)
+    for _ in range(2):  # then halve the log-spacing around the best, twice
+        tried = sorted(scores)
+        best = max(scores, key=lambda lam: scores[lam])
+        k = tried.index(best)
+        if best == 0.0 or not 0 < k < len(tried) - 1:
+            break
+        for other in (tried[k - 1], tried[k + 1]):
+            if other > 0:
+                score(math.sqrt(best * other))
     best = max(scores, key=lambda lam: scores[lam])
     tried = sorted(scores)
     return {
