@@ -113,7 +113,9 @@ def test_primal_dual_train_eval_on_fresh_phantoms(tmp_path, monkeypatch, capsys)
     result = json.loads((run_dir / "eval" / "metrics.json").read_text())
     assert {"fbp", "tv", "solver", "hybrid", "learned_lambda"} <= set(result["table"])
     tuned = result["tuned_on_validation"]
-    assert tuned["tv_lam"] in [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
+    scores = tuned["tv_val_psnr"]  # the grid, and the values the search refined to
+    assert {f"{lam:g}" for lam in [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]} <= set(scores)
+    assert scores[f"{tuned['tv_lam']:g}"] == max(scores.values())
     assert result["settings"]["tv_lam"] == tuned["tv_lam"]
     (data,) = (tmp_path / "data").glob("ct-*.h5")
     with h5py.File(data) as f:
