@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import CT_TINY
 
 import hybridsim
 from hybridsim.cli import main
@@ -19,18 +20,7 @@ ENV = {
     "PYTHONPATH": os.pathsep.join(p for p in (SOURCE, os.environ.get("PYTHONPATH")) if p),
 }
 
-TINY = [
-    "problem=ct",
-    "problem.size=24",
-    "problem.n_angles=12",
-    "problem.n_train=8",
-    "problem.n_val=2",
-    "problem.n_test=2",
-    "problem.n_ellipses=20",
-    "problem.tv_iters=10",
-    "solver.n_iter=3",
-    "correction.width=[8,8]",
-]
+TINY = CT_TINY
 TRAIN = [
     "recipe.steps=3",
     "recipe.batch_size=2",

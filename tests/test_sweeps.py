@@ -9,24 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny import LV_TINY
 
 from hybridsim import interrupts, train
 from hybridsim.cli import main
 from hybridsim.problems.lotka_volterra import LotkaVolterra
 
-TINY = [
-    "problem=lv",
-    "problem.t_train=1.0",
-    "problem.t_test=2.0",
-    "recipe.steps=6",
-    "recipe.polish=none",
-    "recipe.val_every=2",
-    "recipe.log_every=1",
-    "recipe.unroll=[3]",
-    "recipe.baselines=false",
-    "progress=none",
-    "correction.width=[8]",
-]
+TINY = LV_TINY
 
 
 def _train_steps(run: Path) -> list[int]:
