@@ -240,10 +240,10 @@ def _validate_train(cfg: Any) -> dict:
 
     typed = to_typed(cfg)
     problem = registered()[typed.problem.name](typed.problem)
-    problem.check_choices(typed.solver.name, typed.correction.name, typed.coupling)
-    check_installed(list(typed.logger.enabled()))
     if parallel.world().active:
         parallel.check_supported(problem, typed.recipe)
+    problem.check_run(typed.solver.name, typed.correction.name, typed.coupling, typed.recipe)
+    check_installed(list(typed.logger.enabled()))
     return OmegaConf.to_container(cfg, resolve=True)
 
 

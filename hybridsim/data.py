@@ -22,7 +22,7 @@ import hashlib
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import MISSING, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,40 @@ from hybridsim.atomic import (  # noqa: F401  (re-exported)
 )
 from hybridsim.interrupts import check as check_interrupt
 from hybridsim.locks import lock_data_file
-from hybridsim.problems.base import SPLITS, Problem, ProblemError, SplitData
 
 SCHEMA_VERSION = 1
+# A problem (hybridsim.problems.base.Problem), duck-typed here: the data layer sits below the
+# problems and uses only its name, cfg, data_config() and generate().
+Problem = Any
+
+
+SPLITS = ("train", "val", "test")
+
+
+class ProblemError(ValueError):
+    """A configuration that the problem cannot work with (message is shown to the user)."""
+
+
+@dataclass
+class SplitData:
+    """One split of a data set: arrays with a leading sample axis, plus coordinates.
+
+    ``arrays`` hold the samples (e.g. ``u: (n_traj, n_t, 2)``, ``image: (n, ny, nx)``);
+    ``coords`` hold what describes the axes (``t``, ``angles``, grid spacing), shared by all
+    samples; ``attrs`` hold scalars worth keeping (parameters actually used).
+    """
+
+    arrays: dict[str, np.ndarray]
+    coords: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Arrays and coordinates as tensors on ``device`` (floating ones in ``dtype``)."""
+        out: dict[str, torch.Tensor] = {}
+        for name, a in {**self.coords, **self.arrays}.items():
+            t = torch.as_tensor(np.asarray(a), device=device)
+            out[name] = t.to(dtype) if t.is_floating_point() else t
+        return out
 
 
 class DataError(RuntimeError):
@@ -300,28 +331,3 @@ def _reuse(path: Path, problem: Problem) -> Path:
         if not _matches(f, problem):
             raise DataError(f"data file {path} does not match this config; delete it or force=true")
     return path
-
-
-class H5Dataset(torch.utils.data.Dataset):
-    """Samples of one split, read lazily: the file is opened in each DataLoader worker on first
-    access (h5py handles do not survive pickling)."""
-
-    def __init__(self, path: str | Path, split: str, names: tuple[str, ...] | None = None) -> None:
-        self.path, self.split = Path(path), split
-        with _open(self.path) as f:
-            g = f[split]
-            self.names = names or tuple(k for k in g if isinstance(g[k], h5py.Dataset))
-            self.length = int(g.attrs["n_samples"])
-        self._file: h5py.File | None = None
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._file is None:
-            self._file = _open(self.path)
-        g = self._file[self.split]
-        return {k: torch.from_numpy(np.asarray(g[k][i])) for k in self.names}
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_file": None}

@@ -4,7 +4,6 @@ solver alone and the baselines on the test split, write ``eval/metrics.json`` an
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,14 @@ from typing import Any
 import torch
 import yaml
 
-from hybridsim.config import ConfigError, TrainConfig, resolve_device, typed_train_config
+from hybridsim.checkpoint import CheckpointError, load_checkpoint, write_json_atomic
+from hybridsim.config import (
+    ConfigError,
+    TrainConfig,
+    correction_config,
+    resolve_device,
+    typed_train_config,
+)
 from hybridsim.data import (
     NotARegularFile,
     data_path,
@@ -21,7 +27,6 @@ from hybridsim.data import (
     write_text_atomic,
 )
 from hybridsim.problems.base import Problem, registered
-from hybridsim.train import CheckpointError, load_checkpoint
 
 
 class EvalError(RuntimeError):
@@ -56,21 +61,6 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         raise EvalError(f"{path} is not a usable run config: {detail}") from None
 
 
-def _finite(obj: Any) -> Any:
-    """JSON-safe: non-finite floats become null."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    write_text_atomic(path, json.dumps(_finite(obj), indent=2))
-
-
 def run_eval(
     run_dir: str | Path,
     ckpt: str | Path | None = None,
@@ -95,9 +85,15 @@ def run_eval(
     train, test = read_split(path, "train"), read_split(path, "test")
     coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
     models = problem.model_set(
-        cfg.solver, cfg.correction, coupling, train, baselines=True, untrained=True
+        cfg.solver,
+        cfg.correction,
+        coupling,
+        train,
+        baselines=True,
+        untrained=True,
+        correction_config=lambda name: correction_config(name, cfg.problem),
     )
-    untrained = set(problem.untrained_baselines())
+    untrained = {c.name for c in problem.comparators if not c.trained}
     loaded = {}
     for name, model in models.items():
         if name in untrained and name != "hybrid":

@@ -77,7 +77,7 @@ def check_continuation(run_dir: Path, saved: dict[str, Any], new: dict[str, Any]
     """RunDirError unless training ``new`` into ``run_dir`` (which holds ``saved``) continues
     the same run: only :data:`SAFE_KEYS` changed, and :data:`GROWING_KEYS` grew while the phase
     they budget is still running. Every checkpoint must be readable."""
-    from hybridsim.train import CheckpointError, load_checkpoint
+    from hybridsim.checkpoint import CheckpointError, load_checkpoint
 
     diff = changes(saved, new)
     for key, (old, value) in diff.items():
@@ -250,7 +250,7 @@ def sweep_action(run_dir: Path) -> tuple[str, dict[str, Any]]:
         return "skipped", {"action": "skipped"}
     record: dict[str, Any] = {"previous_status": status}
     if status in ("interrupted", "running"):
-        from hybridsim.train import CheckpointError, load_checkpoint
+        from hybridsim.checkpoint import CheckpointError, load_checkpoint
 
         try:
             record["from_step"] = int(load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"])

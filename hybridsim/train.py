@@ -29,11 +29,18 @@ import torch
 from torch import nn
 
 from hybridsim import interrupts, parallel
+from hybridsim.atomic import atomic_path, require_regular_file
+from hybridsim.checkpoint import (  # noqa: F401  (CheckpointError re-exported)
+    CheckpointError,
+    TrainState,
+    load_checkpoint,
+    load_state,
+    save_atomic,
+    write_json_atomic,
+)
 from hybridsim.config import RecipeConfig
-from hybridsim.data import NotARegularFile, atomic_path, require_regular_file
 from hybridsim.interrupts import Interrupted
 from hybridsim.interrupts import check as check_interrupt
-from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import Batch, Problem
 
 
@@ -43,37 +50,6 @@ class TrainingDiverged(RuntimeError):
 
 class TrainingError(RuntimeError):
     """A model that cannot be trained as configured (the message names the setting)."""
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint file that cannot be read (the message names the file)."""
-
-
-def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename (see ``data.atomic_path``)."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint as plain containers (``weights_only``); CheckpointError naming the file if
-    it is missing, not a regular file, truncated or not a checkpoint."""
-    try:
-        require_regular_file(path, "checkpoint")
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, NotARegularFile) as e:
-        raise CheckpointError(
-            str(e) if isinstance(e, NotARegularFile) else f"checkpoint {path} does not exist"
-        ) from None
-    except Exception as e:  # noqa: BLE001  (truncated, corrupt, or an unsafe pickle)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {first[:200]}); it is "
-            "truncated or not a hybridsim checkpoint: delete it to restart that model"
-        ) from None
-    if not isinstance(ck, dict) or "model" not in ck or "step" not in ck:
-        raise CheckpointError(f"checkpoint {path} is not a hybridsim checkpoint (no model/step)")
-    return ck
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: RecipeConfig) -> torch.optim.Optimizer:
@@ -213,9 +189,11 @@ def fit(
     progress: str = "auto",
     tracker: Any = None,
 ) -> FitResult:
-    """Train ``model`` by ``recipe``; checkpoints go to ``run_dir/checkpoints[/<name>]``.
+    """Train ``model`` by ``recipe``: Adam (or AdamW, RMSProp) on random batches, then the
+    optional L-BFGS polish (:func:`_polish`); checkpoints go to ``run_dir/checkpoints[/<name>]``.
 
     Resumes from ``last.pt`` when it exists (and returns at once if that run had finished).
+    The model's gradient mode is its own (given when the problem built it), never set here.
     """
     ckpt_dir = run_dir / "checkpoints" if name == "hybrid" else run_dir / "checkpoints" / name
     last, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
@@ -225,194 +203,244 @@ def fit(
     t0, cpu0 = time.perf_counter(), time.process_time()
     if not params:  # nothing to learn (e.g. the solver alone with fixed physics)
         if world.main:
-            state = _state(model, None, None, 0, "done", float("nan"), None, config, True)
+            state = TrainState(
+                model.state_dict(),
+                phase="done",
+                best=float("nan"),
+                done=True,
+                rng={"torch": torch.get_rng_state(), "batch": torch.get_rng_state()},
+                config=config or {},
+            )
             save_atomic(state, last)
             save_atomic(load_checkpoint(last), best_path)
         return FitResult(0, float("nan"), 0.0)
 
-    if isinstance(getattr(model, "gradient", None), GradientMode):
-        # a model that unrolls its own loop takes the recipe's gradient mode
-        model.gradient = GradientMode(recipe.gradient_mode, recipe.gradient_every)
-    opt = make_optimizer(params, recipe)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(recipe))
-    gen = torch.Generator().manual_seed(seed)
-    step, best, phase = 0, float("inf"), "adam"
-    polish_opt: torch.optim.LBFGS | None = None
-    polish_prev: float | None = None
-    polish_stage: int | None = None
-    polish_batch = None
+    run = _Fit(problem, model, params, recipe, seed, name, last, best_path, val_data, config)
     if last.exists():
-        ck = load_checkpoint(last)
-        model.load_state_dict(ck["model"])
-        if ck.get("done"):
-            return FitResult(ck["step"], ck["best"], 0.0)
-        step, best, phase = ck["step"], ck["best"], ck["phase"]
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        gen.set_state(ck["rng"]["batch"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        if phase == "lbfgs":
-            polish_opt = _lbfgs(params)
-            polish_opt.load_state_dict(ck["polish_optimizer"])
-            polish_prev, polish_stage = ck.get("polish_prev"), ck.get("polish_stage")
-    resumed_at = step if last.exists() else None
-    log = (
-        MetricsLog(run_dir / "metrics.jsonl", name, resumed_at, tracker) if world.main else _NoLog()
+        ck = load_state(last)
+        model.load_state_dict(ck.model)
+        if ck.done:
+            return FitResult(ck.step, ck.best, 0.0)
+        run.restore(ck)
+    run.log = (
+        MetricsLog(run_dir / "metrics.jsonl", name, run.step if last.exists() else None, tracker)
+        if world.main
+        else _NoLog()
     )
     total = recipe.steps + (recipe.polish_steps if recipe.polish == "lbfgs" else 0)
     bar = Progress(progress if world.main else "none", total, name)
     ddp = parallel.wrap(problem, model) if world.active else None
-
-    def end_of_step() -> None:
-        if ddp is None:
-            check_interrupt()
-            return
-        # Every rank stops at the same step (a signal reaches the ranks at different times).
-        signum = parallel.agreed_signal(interrupts.pending())
-        if signum is not None:
-            interrupts.check(force=True)
-            raise Interrupted(signum)
-
-    def diverged(what: str, cause: str) -> TrainingDiverged:
-        return _diverged(name, step, phase, what, cause, last)
-
-    def checkpoint(done: bool = False) -> None:
-        nonlocal best
-        bad = _non_finite(model)
-        if bad:
-            raise diverged(f"parameter {bad} is non-finite", _lr_cause(recipe, sched))
-        metrics = problem.validate(model, val_data)
-        log.write(step, phase, {f"val/{k}": v for k, v in metrics.items()})
-        if not math.isfinite(metrics["loss"]):
-            raise diverged(
-                f"the validation loss is {metrics['loss']} (the model blows up over the "
-                "validation horizon)",
-                _lr_cause(recipe, sched),
-            )
-        ck = _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt)
-        ck["polish_prev"], ck["polish_stage"] = polish_prev, polish_stage
-        if math.isfinite(metrics["loss"]) and metrics["loss"] < best:
-            best = metrics["loss"]
-            ck["best"] = best
-            if world.main:
-                save_atomic(ck, best_path)
-        if world.main:
-            save_atomic(ck, last)
-
     # Under DDP a signal is held until the ranks agree on it at the end of a step.
     with interrupts.held() if ddp is not None else contextlib.nullcontext():
         try:
-            while phase == "adam" and step < recipe.steps:
-                model.train()
-                unroll = unroll_at(recipe, step)
-                batch = problem.batch(train_data, recipe.batch_size, unroll, gen)
-                if ddp is not None:  # this rank's slice of the global batch
-                    loss = ddp(parallel.shard(batch, recipe.batch_size))
-                    value = parallel.mean(float(loss.detach()))
-                else:
-                    loss = problem.loss(model, batch)
-                    value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise diverged(*_loss_cause(model, batch, value, step, unroll, recipe, sched))
-                if not loss.requires_grad:
-                    raise TrainingError(
-                        f"{name} cannot be trained: its loss does not depend on any trainable "
-                        "parameter, so the correction is never applied (a solver that makes no "
-                        "steps, e.g. solver.n_iter=0, leaves nothing to correct)"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                gnorm = nn.utils.clip_grad_norm_(params, recipe.grad_clip or float("inf"))
-                if not torch.isfinite(gnorm):
-                    raise diverged(
-                        f"the gradient is non-finite (norm {float(gnorm)}; the loss was "
-                        f"{value:.3e})",
-                        f"backpropagation through the unrolled solver overflowed: likely "
-                        f"recipe.unroll={unroll} (shorter, or recipe.gradient_mode=truncate) "
-                        "or "
-                        f"{_lr_cause(recipe, sched)}",
-                    )
-                opt.step()
-                sched.step()
-                end_of_step()
-                step += 1
-                logged = step % recipe.log_every == 0
+            while run.phase == "adam" and run.step < recipe.steps:
+                unroll = unroll_at(recipe, run.step)
+                value, gnorm = run.adam_step(train_data, unroll, ddp)
+                _end_of_step(ddp)
+                run.step += 1
+                logged = run.step % recipe.log_every == 0
                 if logged:
-                    log.write(
-                        step,
-                        phase,
-                        {
-                            "train/loss": value,
-                            "lr": sched.get_last_lr()[0],
-                            "unroll": unroll,
-                            "grad_norm": float(gnorm),
-                        },
-                    )
-                bar.update(step, f"loss {value:.3e} unroll {unroll}", logged)
-                if step % recipe.val_every == 0 or step == recipe.steps:
-                    checkpoint()
+                    row = {"train/loss": value, "lr": run.sched.get_last_lr()[0], "unroll": unroll}
+                    run.log.write(run.step, run.phase, {**row, "grad_norm": gnorm})
+                bar.update(run.step, f"loss {value:.3e} unroll {unroll}", logged)
+                if run.step % recipe.val_every == 0 or run.step == recipe.steps:
+                    run.checkpoint()
             if recipe.polish == "lbfgs" and recipe.polish_steps > 0:
-                phase = "lbfgs"
-                stages = recipe.polish_unroll
-                while step < total:
-                    # Stages of the polish (e.g. all windows of 20 intervals, then the full
-                    # trajectories), each with a fresh L-BFGS memory.
-                    stage = min(
-                        (step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1
-                    )
-                    if polish_opt is None or stage != polish_stage:
-                        polish_opt, polish_stage, polish_prev = _lbfgs(params), stage, None
-                        polish_batch = problem.polish_batch(train_data, stages[stage])
-                    elif polish_batch is None:
-                        polish_batch = problem.polish_batch(train_data, stages[stage])
-                    model.train()
-
-                    def closure(opt=polish_opt, batch=polish_batch) -> torch.Tensor:
-                        opt.zero_grad(set_to_none=True)
-                        value = problem.loss(model, batch)
-                        if not torch.isfinite(value.detach()):
-                            # A trial point of the line search where the rollout blew up: +inf (not
-                            # NaN, which compares false) makes the search back off from it.
-                            return torch.full_like(value.detach(), float("inf"))
-                        value.backward()
-                        return value
-
-                    loss = polish_opt.step(closure)
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise diverged(
-                            f"the L-BFGS loss is {value}",
-                            f"the model blows up over recipe.polish_unroll={stages[stage]}",
-                        )
-                    bad = _non_finite(model)
-                    if bad:
-                        raise diverged(
-                            f"parameter {bad} is non-finite after an L-BFGS step",
-                            f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
-                            "recipe.polish=none keeps the first-order result",
-                        )
-                    check_interrupt()
-                    # No decrease since the previous iteration: the line search found none, the
-                    # stage has converged to float precision; go on to the next stage.
-                    stalled = polish_prev is not None and value >= polish_prev
-                    polish_prev = value
-                    step += 1
-                    if stalled:
-                        log.write(step, phase, {"polish/stage_converged": stage})
-                        step = max(
-                            step,
-                            recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages)),
-                        )
-                    logged = step % recipe.log_every == 0
-                    if logged:
-                        log.write(step, phase, {"train/loss": value, "unroll": stages[stage]})
-                    bar.update(step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
-                    if step % recipe.val_every == 0 or step >= total or stalled:
-                        checkpoint()
-            checkpoint(done=True)
+                _polish(run, train_data, total, bar)
+            run.checkpoint(done=True)
         finally:
             bar.close()
-    return FitResult(step, best, time.perf_counter() - t0, time.process_time() - cpu0)
+    return FitResult(run.step, run.best, time.perf_counter() - t0, time.process_time() - cpu0)
+
+
+def _end_of_step(ddp: Any) -> None:
+    if ddp is None:
+        check_interrupt()
+        return
+    # Every rank stops at the same step (a signal reaches the ranks at different times).
+    signum = parallel.agreed_signal(interrupts.pending())
+    if signum is not None:
+        interrupts.check(force=True)
+        raise Interrupted(signum)
+
+
+class _Fit:
+    """The state of one fit (model, optimisers, step, best loss, batch generator) and what a
+    step does with it; :func:`fit` is the loop around it."""
+
+    def __init__(
+        self,
+        problem: Problem,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        recipe: RecipeConfig,
+        seed: int,
+        name: str,
+        last: Path,
+        best_path: Path,
+        val_data: Mapping[str, torch.Tensor],
+        config: dict[str, Any] | None,
+    ) -> None:
+        self.problem, self.model, self.params, self.recipe = problem, model, params, recipe
+        self.name, self.last, self.best_path, self.val_data = name, last, best_path, val_data
+        self.config = config or {}
+        self.opt = make_optimizer(params, recipe)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor(recipe))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.step, self.best, self.phase = 0, float("inf"), "adam"
+        self.polish_opt: torch.optim.LBFGS | None = None
+        self.polish_prev: float | None = None
+        self.polish_stage: int | None = None
+        self.log: Any = _NoLog()
+
+    def restore(self, ck: TrainState) -> None:
+        self.step, self.best, self.phase = ck.step, ck.best, ck.phase
+        self.opt.load_state_dict(ck.optimizer)
+        self.sched.load_state_dict(ck.scheduler)
+        self.gen.set_state(ck.rng["batch"])
+        torch.set_rng_state(ck.rng["torch"])
+        if self.phase == "lbfgs":
+            self.polish_opt = _lbfgs(self.params)
+            self.polish_opt.load_state_dict(ck.polish_optimizer)
+            self.polish_prev, self.polish_stage = ck.polish_prev, ck.polish_stage
+
+    def diverged(self, what: str, cause: str) -> TrainingDiverged:
+        return _diverged(self.name, self.step, self.phase, what, cause, self.last)
+
+    def lr_cause(self) -> str:
+        return _lr_cause(self.recipe, self.sched)
+
+    def adam_step(
+        self, train_data: Mapping[str, torch.Tensor], unroll: int, ddp: Any
+    ) -> tuple[float, float]:
+        """One first-order update on a fresh batch; returns (loss, gradient norm)."""
+        recipe, model = self.recipe, self.model
+        model.train()
+        batch = self.problem.batch(train_data, recipe.batch_size, unroll, self.gen)
+        if ddp is not None:  # this rank's slice of the global batch
+            loss = ddp(parallel.shard(batch, recipe.batch_size))
+            value = parallel.mean(float(loss.detach()))
+        else:
+            loss = self.problem.loss(model, batch)
+            value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self.diverged(
+                *_loss_cause(model, batch, value, self.step, unroll, recipe, self.sched)
+            )
+        if not loss.requires_grad:
+            raise TrainingError(
+                f"{self.name} cannot be trained: its loss does not depend on any trainable "
+                "parameter, so the correction is never applied (a solver that makes no "
+                "steps, e.g. solver.n_iter=0, leaves nothing to correct)"
+            )
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = nn.utils.clip_grad_norm_(self.params, recipe.grad_clip or float("inf"))
+        if not torch.isfinite(gnorm):
+            raise self.diverged(
+                f"the gradient is non-finite (norm {float(gnorm)}; the loss was {value:.3e})",
+                f"backpropagation through the unrolled solver overflowed: likely "
+                f"recipe.unroll={unroll} (shorter, or recipe.gradient_mode=truncate) or "
+                f"{self.lr_cause()}",
+            )
+        self.opt.step()
+        self.sched.step()
+        return value, float(gnorm)
+
+    def state(self, done: bool) -> TrainState:
+        return TrainState(
+            self.model.state_dict(),
+            step=self.step,
+            phase=self.phase,
+            best=self.best,
+            done=done,
+            optimizer=self.opt.state_dict(),
+            scheduler=self.sched.state_dict(),
+            polish_optimizer=self.polish_opt.state_dict() if self.polish_opt is not None else {},
+            rng={"torch": torch.get_rng_state(), "batch": self.gen.get_state()},
+            config=self.config,
+            polish_prev=self.polish_prev,
+            polish_stage=self.polish_stage,
+        )
+
+    def checkpoint(self, done: bool = False) -> None:
+        """Validate, log, and save ``last.pt`` (and ``best.pt`` on a new best loss)."""
+        bad = _non_finite(self.model)
+        if bad:
+            raise self.diverged(f"parameter {bad} is non-finite", self.lr_cause())
+        metrics = self.problem.validate(self.model, self.val_data)
+        self.log.write(self.step, self.phase, {f"val/{k}": v for k, v in metrics.items()})
+        if not math.isfinite(metrics["loss"]):
+            raise self.diverged(
+                f"the validation loss is {metrics['loss']} (the model blows up over the "
+                "validation horizon)",
+                self.lr_cause(),
+            )
+        ck = self.state(done)
+        main = parallel.world().main
+        if metrics["loss"] < self.best:
+            self.best = ck.best = metrics["loss"]
+            if main:
+                save_atomic(ck, self.best_path)
+        if main:
+            save_atomic(ck, self.last)
+
+
+def _polish(run: _Fit, train_data: Mapping[str, torch.Tensor], total: int, bar: Progress) -> None:
+    """The L-BFGS polish after the first-order phase: ``recipe.polish_unroll`` stages (e.g. all
+    windows of 20 intervals, then the full trajectories) spread over ``recipe.polish_steps``
+    iterations, each stage with a fresh L-BFGS memory and ending early once an iteration finds
+    no decrease (the line search has converged to float precision)."""
+    recipe, problem, model = run.recipe, run.problem, run.model
+    run.phase = "lbfgs"
+    stages = recipe.polish_unroll
+    batch = None
+    while run.step < total:
+        stage = min((run.step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1)
+        if run.polish_opt is None or stage != run.polish_stage:
+            run.polish_opt, run.polish_stage, run.polish_prev = _lbfgs(run.params), stage, None
+            batch = problem.polish_batch(train_data, stages[stage])
+        elif batch is None:
+            batch = problem.polish_batch(train_data, stages[stage])
+        model.train()
+
+        def closure(opt=run.polish_opt, batch=batch) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            value = problem.loss(model, batch)
+            if not torch.isfinite(value.detach()):
+                # A trial point of the line search where the rollout blew up: +inf (not NaN,
+                # which compares false) makes the search back off from it.
+                return torch.full_like(value.detach(), float("inf"))
+            value.backward()
+            return value
+
+        value = float(run.polish_opt.step(closure).detach())
+        if not math.isfinite(value):
+            raise run.diverged(
+                f"the L-BFGS loss is {value}",
+                f"the model blows up over recipe.polish_unroll={stages[stage]}",
+            )
+        bad = _non_finite(model)
+        if bad:
+            raise run.diverged(
+                f"parameter {bad} is non-finite after an L-BFGS step",
+                f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
+                "recipe.polish=none keeps the first-order result",
+            )
+        check_interrupt()
+        stalled = run.polish_prev is not None and value >= run.polish_prev
+        run.polish_prev = value
+        run.step += 1
+        if stalled:  # on to the next stage
+            run.log.write(run.step, run.phase, {"polish/stage_converged": stage})
+            next_stage = recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages))
+            run.step = max(run.step, next_stage)
+        logged = run.step % recipe.log_every == 0
+        if logged:
+            run.log.write(run.step, run.phase, {"train/loss": value, "unroll": stages[stage]})
+        bar.update(run.step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
+        if run.step % recipe.val_every == 0 or run.step >= total or stalled:
+            run.checkpoint()
 
 
 class _NoLog:
@@ -476,25 +504,6 @@ def _loss_cause(
     )
 
 
-def _state(model, opt, sched, step, phase, best, gen, config, done, polish_opt=None) -> dict:
-    return {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict() if opt is not None else {},
-        "scheduler": sched.state_dict() if sched is not None else {},
-        "polish_optimizer": polish_opt.state_dict() if polish_opt is not None else {},
-        "step": step,
-        "phase": phase,
-        "best": best,
-        "done": done,
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "batch": gen.get_state() if gen is not None else torch.get_rng_state(),
-        },
-        "config": config or {},
-        "versions": {"torch": str(torch.__version__)},
-    }
-
-
 def run_training(
     cfg: Any,
     run_dir: Path,
@@ -508,8 +517,9 @@ def run_training(
     ``tracker`` receives every metrics row (``hybridsim.tracking.Trackers``); ``attempt``
     (a sweep job's action: new, resumed, rerun) is recorded in ``meta.json``.
     """
-    from hybridsim.config import resolve_device
+    from hybridsim.config import correction_config, resolve_device
     from hybridsim.data import data_path, ensure_dataset, read_split
+    from hybridsim.numerics.rollout import GradientMode
     from hybridsim.problems.base import registered
 
     world = parallel.world()  # under torchrun every rank runs this; rank 0 alone writes
@@ -520,7 +530,7 @@ def run_training(
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     dtype = getattr(torch, cfg.dtype)
     problem = registered()[cfg.problem.name](cfg.problem)
-    coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
+    coupling = problem.check_run(cfg.solver.name, cfg.correction.name, cfg.coupling, cfg.recipe)
     if world.active:
         parallel.check_supported(problem, cfg.recipe)
     if world.main:
@@ -533,7 +543,13 @@ def run_training(
     cpu = {"data": time.process_time() - cpu_start}
     train_split, val_split = read_split(path, "train"), read_split(path, "val")
     models = problem.model_set(
-        cfg.solver, cfg.correction, coupling, train_split, cfg.recipe.baselines
+        cfg.solver,
+        cfg.correction,
+        coupling,
+        train_split,
+        cfg.recipe.baselines,
+        correction_config=lambda name: correction_config(name, cfg.problem),
+        gradient=GradientMode(cfg.recipe.gradient_mode, cfg.recipe.gradient_every),
     )
     train_data = train_split.tensors(device, dtype)
     val_data = val_split.tensors(device, dtype)
@@ -703,8 +719,6 @@ def _cpu_name() -> str:
 
 
 def _write_meta(run_dir: Path, meta: dict[str, Any], status: str, error: str | None = None) -> None:
-    from hybridsim.evaluate import write_json_atomic
-
     meta["status"] = status
     if error:
         meta["error"] = error

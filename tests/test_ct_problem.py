@@ -7,6 +7,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as nnf
 
 from hybridsim.config import ConfigError, CorrectionConfig, CTConfig, CTSolverConfig
 from hybridsim.numerics.radon import fbp
@@ -58,7 +59,7 @@ def test_zero_correction_is_plain_descent(tiny, name, reg):
     problem, train, test = tiny
     solver = CTSolverConfig(name=name, regularizer=reg, lam=2e-3, n_iter=6, nonnegative=True)
     sino = torch.as_tensor(test.arrays["sinogram"], dtype=torch.float64)
-    op = problem.build_model(solver, NONE, "update", train).op
+    op = problem.build_model(solver, NONE, "update", train).stepper.op
     r = DirichletEnergy() if reg == "dirichlet" else TotalVariation(solver.huber_eps)
     cls = GradientDescent if name == "gd" else AcceleratedGradientDescent
     classic = cls(LeastSquares(op, op_norm=1.0), r, 2e-3, nonnegative=True)
@@ -106,7 +107,8 @@ def test_short_training_lowers_the_loss(tiny):
         after = problem.validate(model, data)["loss"]
         assert after < 0.8 * before, f"{coupling}: val loss {before:.4g} -> {after:.4g}"
         if coupling == "update_lambda":
-            assert model.rho.grad is not None and float(model.lam_at(0).detach()) > 0
+            rho = model.stepper.rho
+            assert rho.grad is not None and float(nnf.softplus(rho.detach()).min()) > 0
 
 
 def test_per_iteration_weights_and_lambdas(tiny):
@@ -115,7 +117,7 @@ def test_per_iteration_weights_and_lambdas(tiny):
     model = Tomography(cfg).build_model(
         CTSolverConfig(name="gd", n_iter=3), NET, "update_lambda", train
     )
-    assert len(model.correction) == 3 and model.rho.shape == (3,)
+    assert len(model.correction) == 3 and model.stepper.rho.shape == (3,)
     sino = torch.as_tensor(test.arrays["sinogram"])
     problem.loss(
         model,
@@ -135,7 +137,7 @@ def test_beer_lambert_counts_and_poisson_descent():
     sino = torch.as_tensor(b, dtype=torch.float64)
     solver = CTSolverConfig(name="gd", regularizer="none", n_iter=4)
     model = problem.build_model(solver, ZERO_NET, "update", train).double()
-    op = model.op
+    op = model.stepper.op
     classic = GradientDescent(PoissonLogLikelihood(op, 2.0, 1e4, op_norm=1.0))
     a = fbp(op, line_integrals(cfg, sino), "hann")
     expected = rollout(partial(classic.step, sinogram=sino), a, 4, save_every=4)[-1]

@@ -9,7 +9,6 @@ import pytest
 from hybridsim.config import LVConfig
 from hybridsim.data import (
     DataError,
-    H5Dataset,
     config_hash,
     data_path,
     ensure_dataset,
@@ -57,8 +56,8 @@ def test_reuse_and_layout(tmp_path):
         assert "alpha" in f.attrs["config"]
         assert f["train/u"].chunks == (1, *f["train/u"].shape[1:])
         assert "t" in f["train/coords"]
-    ds = H5Dataset(path, "train")
-    assert len(ds) == 1 and set(ds[0]) == {"u", "u_true", "u0"}
+    train = read_split(path, "train")
+    assert set(train.arrays) == {"u", "u_true", "u0"} and len(train.arrays["u"]) == 1
 
 
 def test_interrupted_write_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):

@@ -221,23 +221,16 @@ def test_bic_prefers_the_true_model_over_one_with_an_extra_term():
 
 
 class _FakeUDE:
-    """What LotkaVolterra.discover needs of a trained model: its right-hand side."""
-
-    substeps = 1
+    """What LotkaVolterra.discover needs of a trained model: its right-hand side's values."""
 
     def __init__(self, cfg: LVConfig, drop_gamma: bool = False) -> None:
-        import torch
-
         self.cfg, self.drop_gamma = cfg, drop_gamma
-        self.u_scale = torch.ones(2, dtype=torch.float64)
 
-    def rhs(self, t, u):
-        import torch
-
-        learned = _learned(self.cfg, u.numpy())
+    def values(self, u):
+        learned = _learned(self.cfg, u)
         if self.drop_gamma:  # a model that missed the predator's growth term γxy
-            learned[:, 1] -= self.cfg.gamma * u[:, 0].numpy() * u[:, 1].numpy()
-        return torch.as_tensor(learned)
+            learned[:, 1] -= self.cfg.gamma * u[:, 0] * u[:, 1]
+        return learned
 
 
 @pytest.mark.parametrize(
@@ -262,7 +255,7 @@ def test_problem_reports_structure_against_the_configured_truth(params):
     problem = LotkaVolterra(cfg)
     train = problem.generate("train", cfg.seed_train)
     states = train.arrays["u_true"].reshape(-1, 2)
-    out = problem.discover(_FakeUDE(cfg), states, train)
+    out = problem.discover(_FakeUDE(cfg).values(states), states, train)
     assert out["structure_found"], out["equations"]
     assert out["n_terms"] == 4
     assert max(out["relative_error"].values()) < 0.02, out["relative_error"]
@@ -273,7 +266,8 @@ def test_a_model_that_missed_a_term_has_the_wrong_structure():
     cfg = LVConfig(t_train=10.0, t_test=20.0)
     problem = LotkaVolterra(cfg)
     train = problem.generate("train", cfg.seed_train)
-    out = problem.discover(_FakeUDE(cfg, drop_gamma=True), train.arrays["u_true"][0], train)
+    states = train.arrays["u_true"][0]
+    out = problem.discover(_FakeUDE(cfg, drop_gamma=True).values(states), states, train)
     assert not out["structure_found"], out["equations"]
 
 
@@ -281,7 +275,8 @@ def test_stlsq_method_still_selectable():
     cfg = LVConfig(discovery="stlsq")
     problem = LotkaVolterra(cfg)
     train = problem.generate("train", 1)
-    out = problem.discover(_FakeUDE(cfg), train.arrays["u_true"].reshape(-1, 2), train)
+    states = train.arrays["u_true"].reshape(-1, 2)
+    out = problem.discover(_FakeUDE(cfg).values(states), states, train)
     assert out["method"] == "stlsq" and out["candidates"] == []
 
 

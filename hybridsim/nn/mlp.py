@@ -103,14 +103,3 @@ class GroupedMLP(nn.Module):
             if i < last:
                 h = act(h)
         return h.permute(1, 0, 2).reshape(x.shape[0], self.groups * self.out_features)
-
-
-def mlp(
-    in_features: int,
-    out_features: int,
-    width: Sequence[int] = (32, 32),
-    activation: str = "tanh",
-    final_scale: float = 1.0,
-) -> GroupedMLP:
-    """A single MLP (``groups=1``)."""
-    return GroupedMLP(in_features, out_features, width, 1, activation, final_scale)

@@ -1,4 +1,4 @@
-"""Convolutional residual networks for field-to-field corrections (2D or 3D).
+"""Convolutional residual networks for field-to-field corrections (1D, 2D or 3D).
 
 Two layouts, both as in Um et al. (NeurIPS 2020) and its pbdl-book re-implementation:
 
@@ -27,10 +27,13 @@ from torch import nn
 PADDING_MODES = ("zeros", "circular")
 
 
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
 def _conv(dim: int) -> type[nn.Module]:
-    if dim not in (2, 3):
-        raise ValueError(f"ResNet supports 2D and 3D fields, got dim={dim}")
-    return nn.Conv2d if dim == 2 else nn.Conv3d
+    if dim not in CONVS:
+        raise ValueError(f"ResNet supports 1D, 2D and 3D fields, got dim={dim}")
+    return CONVS[dim]
 
 
 class ResBlock(nn.Module):
@@ -59,7 +62,7 @@ class ResNet(nn.Module):
             width of an input convolution followed by ``blocks`` equal blocks (``blocks > 0``).
         kernel_size: odd kernel size of every non-skip convolution.
         blocks: number of equal residual blocks after an input convolution (0: see ``width``).
-        dim: 2 or 3 spatial dimensions.
+        dim: 1, 2 or 3 spatial dimensions.
         gain: Xavier gain of every convolution (0.1 in Um et al.'s code).
         final_scale: extra factor on the output layer's initial weights (0: zero output).
         padding_mode: ``zeros`` or ``circular`` (periodic fields).
@@ -110,7 +113,7 @@ class ResNet(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out = conv(last, out_channels, 1)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.Conv3d):
+            if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
                 nn.init.xavier_uniform_(m.weight, gain=gain)
                 nn.init.zeros_(m.bias)
         with torch.no_grad():

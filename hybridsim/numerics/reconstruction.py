@@ -120,8 +120,32 @@ def data_and_regularizer_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad D(a), grad R(a))`` separately: the learned gradient scheme takes both as network
     inputs (Adler & Öktem 2017, Alg. 2). ``grad R`` is zeros without a regularizer."""
-    grad_r = torch.zeros_like(a) if regularizer is None else regularizer.gradient(a)
-    return data.gradient(a, sinogram), grad_r
+    grad_d = data.gradient(a, sinogram)  # first: the autograd graph's order is part of the
+    # floating-point result of a backward pass through it (contributions summed in that order)
+    return grad_d, torch.zeros_like(a) if regularizer is None else regularizer.gradient(a)
+
+
+def descent_update(
+    z: torch.Tensor,
+    grad_d: torch.Tensor,
+    grad_r: torch.Tensor,
+    step: float,
+    lam: float | torch.Tensor,
+) -> torch.Tensor:
+    """One descent step on ``D + lam R`` from ``z``: ``z - s (grad D(z) + lam grad R(z))`` (the
+    step of :class:`GradientDescent`, :class:`AcceleratedGradientDescent` and the learned
+    iterations of ``problem=ct``)."""
+    return z - step * (grad_d + lam * grad_r)
+
+
+def nesterov_extrapolation(
+    a: torch.Tensor, a_prev: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FISTA's extrapolated point and next momentum parameter (Beck & Teboulle 2009, eq.
+    4.2-4.3): ``t_next = (1 + sqrt(1 + 4 t^2)) / 2``, ``z = a + (t - 1) / t_next (a - a_prev)``;
+    ``t`` is ``(batch,)``, images ``(batch, ny, nx)``."""
+    t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
+    return a + ((t - 1) / t_next)[..., None, None] * (a - a_prev), t_next
 
 
 def default_step_size(data: DataTerm, regularizer: Regularizer | None, lam: float) -> float:
@@ -165,7 +189,8 @@ class GradientDescent:
         return grad_d + self.lam * grad_r
 
     def step(self, a: torch.Tensor, sinogram: torch.Tensor) -> torch.Tensor:
-        a = a - self.s * self.direction(a, sinogram)
+        grad_d, grad_r = data_and_regularizer_gradients(a, sinogram, self.data, self.regularizer)
+        a = descent_update(a, grad_d, grad_r, self.s, self.lam)
         return a.clamp_min(0) if self.nonnegative else a
 
 
@@ -189,10 +214,9 @@ class AcceleratedGradientDescent(GradientDescent):
         self, state: tuple[torch.Tensor, torch.Tensor, torch.Tensor], sinogram: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         a, a_prev, t = state
-        t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
-        momentum = ((t - 1) / t_next)[..., None, None]
-        z = a + momentum * (a - a_prev)
-        a_next = z - self.s * self.direction(z, sinogram)
+        z, t_next = nesterov_extrapolation(a, a_prev, t)
+        grad_d, grad_r = data_and_regularizer_gradients(z, sinogram, self.data, self.regularizer)
+        a_next = descent_update(z, grad_d, grad_r, self.s, self.lam)
         if self.nonnegative:
             a_next = a_next.clamp_min(0)
         return a_next, a, t_next

@@ -17,42 +17,33 @@ The three kinds of hybrid the contract serves:
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-SPLITS = ("train", "val", "test")
+from hybridsim.data import SPLITS, ProblemError, SplitData  # noqa: F401  (re-exported)
+from hybridsim.numerics.rollout import GradientMode
 
 
-class ProblemError(ValueError):
-    """A configuration that the problem cannot work with (message is shown to the user)."""
+@dataclass(frozen=True)
+class Comparator:
+    """A model evaluated beside the hybrid, declared by the problem as data.
 
-
-@dataclass
-class SplitData:
-    """One split of a data set: arrays with a leading sample axis, plus coordinates.
-
-    ``arrays`` hold the samples (e.g. ``u: (n_traj, n_t, 2)``, ``image: (n, ny, nx)``);
-    ``coords`` hold what describes the axes (``t``, ``angles``, grid spacing), shared by all
-    samples; ``attrs`` hold scalars worth keeping (parameters actually used).
+    ``correction``: the correction config (``correction=<name>``, its YAML and the user's
+    overrides of it when it is the main model's) or ``None`` for the main model's own;
+    ``coupling``: how it combines with the solver; ``trained``: fitted by ``train`` (when
+    ``recipe.baselines``) or built directly at evaluation (the solver alone).
     """
 
-    arrays: dict[str, np.ndarray]
-    coords: dict[str, np.ndarray] = field(default_factory=dict)
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    def tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """Arrays and coordinates as tensors on ``device`` (floating ones in ``dtype``)."""
-        out: dict[str, torch.Tensor] = {}
-        for name, a in {**self.coords, **self.arrays}.items():
-            t = torch.as_tensor(np.asarray(a), device=device)
-            out[name] = t.to(dtype) if t.is_floating_point() else t
-        return out
+    name: str
+    correction: str | None
+    coupling: str
+    trained: bool = True
 
 
 @dataclass
@@ -69,15 +60,26 @@ class Problem(abc.ABC):
     Class attributes
     ----------------
     name: short name used on the command line (``problem=lv``).
+    schema: its config dataclass (``problem.*``), stored in Hydra's ConfigStore.
     solvers: the solver configs (``solver=…``) this problem accepts.
     corrections: the correction configs (``correction=…``) it accepts; ``none`` = solver alone.
     couplings: the ways solver and correction combine; the first one is the default.
+    needs_network: couplings that are made of networks (rejected with ``correction=none``).
+    comparators: the models evaluated beside the hybrid (:class:`Comparator`), in order.
+    solver_schemas: config dataclasses of solver kinds the problem brings (``{kind: schema}``).
+    config_files: YAML shipped with a problem from outside hybridsim, ``{"problem/heat":
+        "package:path/heat.yaml"}``: put on Hydra's search path (its ConfigStore) at start-up.
     """
 
     name: ClassVar[str]
+    schema: ClassVar[type]
     solvers: ClassVar[tuple[str, ...]]
     corrections: ClassVar[tuple[str, ...]]
     couplings: ClassVar[tuple[str, ...]]
+    needs_network: ClassVar[frozenset[str]] = frozenset()
+    comparators: ClassVar[tuple[Comparator, ...]] = ()
+    solver_schemas: ClassVar[dict[str, type]] = {}
+    config_files: ClassVar[dict[str, str]] = {}
     model_keys: ClassVar[frozenset[str]] = frozenset()  # config keys that do not shape the data
     # Why its batches cannot be split across processes (torchrun/DDP), if they cannot.
     not_data_parallel: ClassVar[str | None] = None
@@ -93,24 +95,30 @@ class Problem(abc.ABC):
     def data_config(self) -> dict[str, Any]:
         """The part of the config that determines the data (hashed into the file name): all of
         it but ``model_keys``."""
-        from dataclasses import asdict
-
         return {k: v for k, v in asdict(self.cfg).items() if k not in self.model_keys}
 
     # ----------------------------------------------------------------- model
     @abc.abstractmethod
     def build_model(
-        self, solver: Any, correction: Any, coupling: str, train: SplitData
+        self,
+        solver: Any,
+        correction: Any,
+        coupling: str,
+        train: SplitData,
+        gradient: GradientMode | None = None,
     ) -> nn.Module:
-        """The model for (solver config, correction config, coupling).
+        """The model for (solver config, correction config, coupling), usually a
+        :class:`hybridsim.hybrid.Hybrid`; ``gradient`` is how backpropagation runs through its
+        unrolled steps (the recipe's; forward values are the same for every mode).
 
-        ``correction.name == "none"`` gives the solver alone; a correction whose output is zero
+        ``correction.kind == "none"`` gives the solver alone; a correction whose output is zero
         must reproduce the solver alone exactly. ``train`` is the training split, for scaling
         network inputs and outputs.
         """
 
     def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
-        """Reject a solver, correction or coupling that does not fit; return the coupling."""
+        """Reject a solver, correction or coupling that does not fit; return the coupling.
+        Subclasses add their own rules (and call this first)."""
         for group, value, valid in (
             ("solver", solver, self.solvers),
             ("correction", correction, self.corrections),
@@ -126,7 +134,62 @@ class Problem(abc.ABC):
                 f"coupling={coupling} does not apply to problem={self.name}; "
                 f"choose one of: {', '.join(self.couplings)}"
             )
+        if correction == "none" and coupling in self.needs_network:
+            net = next(c for c in self.corrections if c != "none")
+            raise ProblemError(
+                f"coupling={coupling} {self.needs_network_reason}; choose correction={net}"
+            )
         return coupling
+
+    needs_network_reason: ClassVar[str] = "needs a network"
+
+    def supports_polish(self, unroll: list[int]) -> bool:
+        """Whether ``recipe.polish=lbfgs`` over ``recipe.polish_unroll`` works: the problem has
+        a deterministic batch of windows, or of the full horizon for ``-1`` stages only."""
+        if type(self).polish_batch is not Problem.polish_batch:
+            return True
+        return type(self).full_batch is not Problem.full_batch and all(u == -1 for u in unroll)
+
+    def check_run(self, solver: str, correction: str, coupling: str | None, recipe: Any) -> str:
+        """Every rule of a training run, checked once before any work: the choices of the main
+        model and of each comparator it will train, and the recipe's polish. Returns the
+        coupling."""
+        coupling = self.check_choices(solver, correction, coupling)
+        for c in self.resolve_comparators(correction, coupling, trained=True, untrained=True):
+            self.check_choices(solver, c.correction or correction, c.coupling)
+        if (
+            recipe is not None
+            and recipe.polish == "lbfgs"
+            and recipe.polish_steps > 0
+            and not self.supports_polish(list(recipe.polish_unroll))
+        ):
+            raise ProblemError(
+                f"recipe.polish=lbfgs with recipe.polish_unroll={list(recipe.polish_unroll)} "
+                f"needs deterministic batches that problem={self.name} does not make; set "
+                "recipe.polish=none (or recipe.polish_unroll=[-1] if it has a full batch)"
+            )
+        return coupling
+
+    def resolve_comparators(
+        self, correction: str, coupling: str, trained: bool, untrained: bool
+    ) -> list[Comparator]:
+        """The comparators to build beside a main model (``correction``, ``coupling``): those
+        asked for, less the one the main model already is, and less a comparator of the main
+        model's own correction that this correction cannot make (NON without a network)."""
+        out = []
+        for c in self.comparators:
+            if not (trained if c.trained else untrained):
+                continue
+            name = c.correction or correction
+            if (name, c.coupling) == (correction, coupling):
+                continue  # the main model already is this comparator
+            if c.correction is None:
+                try:
+                    self.check_choices(self.solvers[0], name, c.coupling)
+                except ProblemError:
+                    continue
+            out.append(c)
+        return out
 
     def model_set(
         self,
@@ -136,21 +199,22 @@ class Problem(abc.ABC):
         train: SplitData,
         baselines: bool,
         untrained: bool = False,
+        correction_config: Callable[[str], Any] | None = None,
+        gradient: GradientMode | None = None,
     ) -> dict[str, nn.Module]:
-        """The main model (``hybrid``), the trainable comparators when ``baselines``, and the
-        untrained ones (the solver alone) when ``untrained``."""
-        models = {"hybrid": self.build_model(solver, correction, coupling, train)}
-        groups = {
-            **(self.baselines() if baselines else {}),
-            **(self.untrained_baselines() if untrained else {}),
-        }
-        if groups:
-            for name, (corr_name, corr_coupling) in groups.items():
-                if (corr_name, corr_coupling) == (correction.name, coupling):
-                    continue  # the main model already is this comparator
-                same = correction.name == corr_name
-                corr = correction if same else type(correction)(name=corr_name, kind=corr_name)
-                models[name] = self.build_model(solver, corr, corr_coupling, train)
+        """The main model (``hybrid``), the trained comparators when ``baselines``, and the
+        untrained ones (the solver alone) when ``untrained``. ``correction_config(name)`` gives
+        a comparator's correction config as the user's config files define it (the composition
+        root passes it; the schema's defaults otherwise)."""
+        models = {"hybrid": self.build_model(solver, correction, coupling, train, gradient)}
+        for c in self.resolve_comparators(correction.name, coupling, baselines, untrained):
+            if c.correction is None or c.correction == correction.name:
+                corr = correction
+            elif correction_config is not None:
+                corr = correction_config(c.correction)
+            else:
+                corr = type(correction)(name=c.correction, kind=c.correction)
+            models[c.name] = self.build_model(solver, corr, c.coupling, train, gradient)
         return models
 
     # -------------------------------------------------------------- training
@@ -180,18 +244,6 @@ class Problem(abc.ABC):
         with torch.no_grad():
             return {"loss": float(self.loss(model, self.full_batch(data)))}
 
-    def baselines(self) -> dict[str, tuple[str, str]]:
-        """Comparators that ``train`` fits beside the main model: name -> (correction, coupling).
-
-        Models that need no training are listed by :meth:`untrained_baselines` instead.
-        """
-        return {}
-
-    def untrained_baselines(self) -> dict[str, tuple[str, str]]:
-        """Comparators built directly at evaluation, without training: name -> (correction,
-        coupling). By default the solver alone."""
-        return {"solver": ("none", self.couplings[0])}
-
     # ------------------------------------------------------------ evaluation
     def tune_baselines(self, models: Mapping[str, nn.Module], val: SplitData) -> dict[str, Any]:
         """Choose the classical comparators' free settings (e.g. a regularisation weight) on the
@@ -215,7 +267,17 @@ class Problem(abc.ABC):
         """
 
 
-_REGISTRY: dict[str, Callable[[Any], Problem]] = {}
+_REGISTRY: dict[str, type[Problem]] = {}
+# The problems that ship with hybridsim, imported when the registry is first read (by name, so
+# that importing this module loads none of them, nor Hydra).
+BUILTIN = (
+    "hybridsim.problems.lotka_volterra",
+    "hybridsim.problems.tomography",
+    "hybridsim.problems.navier_stokes",
+    # "hybridsim.problems.burgers",
+)
+ENTRY_POINT_GROUP = "hybridsim.problems"
+_loaded = False
 
 
 def register(cls: type[Problem]) -> type[Problem]:
@@ -224,8 +286,29 @@ def register(cls: type[Problem]) -> type[Problem]:
     return cls
 
 
-def registered() -> dict[str, Callable[[Any], Problem]]:
-    """Every registered problem class by name (importing the problem modules first)."""
-    from hybridsim import problems  # noqa: F401  (the package imports every problem module)
-
+def registered() -> dict[str, type[Problem]]:
+    """Every registered problem class by name: the built-in ones, then those of installed
+    packages that declare an entry point in the group ``hybridsim.problems`` (``name =
+    "package.module:ProblemClass"``, or a module that registers its problems on import)."""
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for module in BUILTIN:
+            importlib.import_module(module)
+        for ep in _entry_points():
+            try:
+                obj = ep.load()
+            except Exception as e:  # noqa: BLE001  (a broken plug-in names itself)
+                raise ProblemError(
+                    f"the problem plug-in {ep.name!r} ({ep.value}) cannot be loaded: "
+                    f"{type(e).__name__}: {e}"
+                ) from None
+            if isinstance(obj, type) and issubclass(obj, Problem):
+                register(obj)
     return dict(_REGISTRY)
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)

@@ -12,7 +12,7 @@ shape ``(batch, 2)``; trajectories ``(n_traj, n_t, 2)``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
-from hybridsim.nn.mlp import GroupedMLP
+from hybridsim.hybrid import Hybrid
+from hybridsim.hybrid import coupling as make_coupling
+from hybridsim.nn import build_correction
 from hybridsim.numerics.discovery import discover
 from hybridsim.numerics.ode import Dopri5, build_solver, odeint
 from hybridsim.numerics.rollout import GradientMode, rollout
@@ -31,14 +32,17 @@ from hybridsim.numerics.sparse_regression import (
     polynomial_library,
     stlsq_select,
 )
-from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
+from hybridsim.problems import lotka_volterra_eval
+from hybridsim.problems.base import Batch, Comparator, Problem, SplitData, register
+from hybridsim.schemas import CorrectionConfig, LVConfig, ODESolverConfig
 
 
-class LotkaVolterraModel(nn.Module):
-    """``du/dt = known(u) + correction(u)`` integrated by an ODE solver (``coupling='rhs'``),
-    or ``du/dt = correction(u)`` (``coupling='blackbox'``).
+class LVPhysics(nn.Module):
+    """The stepper of the UDE: the physics it keeps, ``du/dt = (αx, −θ₃y)``, integrated by an
+    ODE solver (``substeps`` steps per output interval), and the units of its state.
 
-    α is a fixed buffer; θ₃ is an ``nn.Parameter`` when learned, else a buffer.
+    α is a fixed buffer; θ₃ is an ``nn.Parameter`` when learned, else a buffer. A network sees
+    ``u / u_scale`` and its output counts in ``du_scale`` (per capita: ``du_scale / u_scale``).
     """
 
     def __init__(
@@ -46,8 +50,6 @@ class LotkaVolterraModel(nn.Module):
         alpha: float,
         theta3: float,
         learn_theta3: bool,
-        correction: nn.Module | None,
-        coupling: str,
         solver: Any,
         substeps: int,
         u_scale: torch.Tensor,
@@ -55,16 +57,12 @@ class LotkaVolterraModel(nn.Module):
         per_capita: bool = False,
     ) -> None:
         super().__init__()
-        self.coupling = coupling
-        self.per_capita = per_capita
-        self.solver, self.substeps = solver, substeps
-        self.correction = correction
+        self.solver, self.substeps, self.per_capita = solver, substeps, per_capita
         self.register_buffer("alpha", torch.tensor(float(alpha)))
-        if learn_theta3 and coupling == "rhs":
+        if learn_theta3:
             self.theta3 = nn.Parameter(torch.tensor(float(theta3)))
         else:
             self.register_buffer("theta3", torch.tensor(float(theta3)))
-        self.gradient = GradientMode()  # how backpropagation runs through the steps
         self.register_buffer("u_scale", u_scale.clone())
         self.register_buffer("du_scale", du_scale.clone())
 
@@ -72,62 +70,59 @@ class LotkaVolterraModel(nn.Module):
         """The physics the UDE keeps: (αx, −θ₃y)."""
         return torch.stack((self.alpha * u[:, 0], -self.theta3 * u[:, 1]), dim=1)
 
-    def network(self, u: torch.Tensor) -> torch.Tensor:
-        """The correction's contribution to du/dt (zero when there is no correction)."""
-        if self.correction is None:
-            return torch.zeros_like(u)
+    def term(self, net: nn.Module, u: torch.Tensor) -> torch.Tensor:
+        """The network's contribution to du/dt at ``u`` (unfused; for discovery and plots)."""
         if self.per_capita:  # u ⊙ g(u): a population at zero stays at zero
-            return u * (self.du_scale / self.u_scale) * self.correction(u / self.u_scale)
-        return self.du_scale * self.correction(u / self.u_scale)
+            return u * (self.du_scale / self.u_scale) * net(u / self.u_scale)
+        return self.du_scale * net(u / self.u_scale)
 
-    def rhs(self, t: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        if self.coupling == "blackbox":
-            return self.network(u)
-        if self.correction is None:
-            return self.known(u)
-        return self.known(u) + self.network(u)
+    # The right-hand sides, with constants folded once per trajectory: the linear physics as
+    # one multiply, the scales inside the network's weights (GroupedMLP.scaled).
+    def rhs(self) -> Callable:
+        coef = torch.stack((self.alpha, -self.theta3))
+        return lambda t, u: u * coef
 
-    def forward(self, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def plus(self, net: nn.Module) -> Callable:
+        coef = torch.stack((self.alpha, -self.theta3))
+        if self.per_capita:
+            rate = net.scaled(self.u_scale, self.du_scale / self.u_scale)
+            return lambda t, u: u * (rate(u) + coef)
+        g = net.scaled(self.u_scale, self.du_scale)
+        return lambda t, u: torch.addcmul(g(u), u, coef)
+
+    def replace(self, net: nn.Module) -> Callable:
+        g = net.scaled(self.u_scale, self.du_scale)
+        return lambda t, u: g(u)
+
+    def step_rhs(
+        self, f: Callable, state: tuple[torch.Tensor, torch.Tensor], h: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One solver step of size ``h`` on ``state = (u, t)``."""
+        u, time = state
+        return self.solver.step(f, time, u, h), time + h
+
+    def run(self, hybrid: Hybrid, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Trajectory ``(n_t, batch, 2)`` from ``u0 (batch, 2)`` at times ``t (n_t,)``.
 
-        With a fixed-step solver and ``self.gradient`` set to ``checkpoint`` or ``truncate``
-        (the trainer sets it from the recipe), the steps run through :func:`rollout` so that
-        memory or gradient horizon follow that mode; ``t`` must then be uniformly spaced.
+        With a fixed-step solver and the hybrid's gradient mode ``checkpoint`` or ``truncate``,
+        the steps run through :func:`rollout` so that memory or gradient horizon follow that
+        mode; ``t`` must then be uniformly spaced.
         """
-        f = self.fused_rhs()
-        if self.gradient.kind == "full" or self.solver.adaptive or len(t) < 2:
+        f = hybrid.coupling.rhs(self, hybrid.correction)
+        if hybrid.gradient.kind == "full" or self.solver.adaptive or len(t) < 2:
             return odeint(f, u0, t, self.solver, self.substeps)
         dt = t[1:] - t[:-1]
         if not torch.allclose(dt, dt[0]):
             raise ValueError("gradient modes other than 'full' need uniformly spaced times")
         h = float(dt[0]) / self.substeps
-
-        def step(state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-            u, time = state
-            return self.solver.step(f, time, u, h), time + h
-
         saved = rollout(
-            step,
+            lambda s: self.step_rhs(f, s, h),
             (u0, t[0].clone()),
             (len(t) - 1) * self.substeps,
             save_every=self.substeps,
-            gradient=self.gradient,
+            gradient=hybrid.gradient,
         )
         return torch.stack([u0, *(s[0] for s in saved)])
-
-    def fused_rhs(self):
-        """Same function as :meth:`rhs`, with constants folded once per trajectory: the linear
-        physics as one multiply, the scales inside the network's weights."""
-        coef = torch.stack((self.alpha, -self.theta3))
-        if self.correction is None:
-            return lambda t, u: u * coef
-        if self.per_capita:
-            rate = self.correction.scaled(self.u_scale, self.du_scale / self.u_scale)
-            return lambda t, u: u * (rate(u) + coef)
-        net = self.correction.scaled(self.u_scale, self.du_scale)
-        if self.coupling == "blackbox":
-            return lambda t, u: net(u)
-        return lambda t, u: torch.addcmul(net(u), u, coef)
 
 
 def lotka_volterra_rhs(cfg: LVConfig):
@@ -152,6 +147,15 @@ class LotkaVolterra(Problem):
     solvers = ("euler", "rk4", "dopri5")
     corrections = ("none", "mlp")
     couplings = ("rhs", "blackbox")
+    needs_network = frozenset({"blackbox"})
+    schema = LVConfig
+    solver_schemas = {"ode": ODESolverConfig}
+    comparators = (
+        Comparator("blackbox", "mlp", "blackbox"),
+        # The known physics alone (αx, −θ₃y at θ₃'s starting value): fitting θ₃ without the
+        # interaction terms is meaningless, and long windows of it blow up exponentially.
+        Comparator("physics", "none", "rhs", trained=False),
+    )
     cfg: LVConfig
     not_data_parallel = (
         "its data are a single trajectory (a batch is windows of one short series, cheap on "
@@ -209,46 +213,26 @@ class LotkaVolterra(Problem):
         correction: CorrectionConfig,
         coupling: str,
         train: SplitData,
-    ) -> LotkaVolterraModel:
-        if correction.kind == "none" and coupling == "blackbox":
-            raise ProblemError("coupling=blackbox needs a network; choose correction=mlp")
-        net = None
-        if correction.kind == "mlp":
-            # rhs: NN₁ and NN₂ as two independent 2→…→1 networks; blackbox: one 2→…→2 network.
-            groups, out = (2, 1) if coupling == "rhs" else (1, 2)
-            net = GroupedMLP(
-                2, out, correction.width, groups, correction.activation, correction.init_scale
-            )
+        gradient: GradientMode | None = None,
+    ) -> Hybrid:
+        # rhs: NN₁ and NN₂ as two independent 2→…→1 networks; blackbox: one 2→…→2 network.
+        groups, out = (2, 1) if coupling == "rhs" else (1, 2)
+        net = build_correction(correction, 2, out, dim=0, groups=groups)
         u = torch.as_tensor(train.arrays["u"], dtype=torch.float64)
         dt = float(train.coords["t"][1] - train.coords["t"][0])
         u_scale = u.reshape(-1, 2).abs().amax(0)
         du_scale = ((u[:, 1:] - u[:, :-1]) / dt).reshape(-1, 2).abs().amax(0)
-        return LotkaVolterraModel(
+        physics = LVPhysics(
             self.cfg.alpha,
             self.cfg.theta3_init,
-            self.cfg.learn_theta3,
-            net,
-            coupling,
+            self.cfg.learn_theta3 and coupling == "rhs",
             build_solver(solver.name, solver.rtol, solver.atol),
             solver.substeps,
             u_scale.float(),
             du_scale.float(),
             self.cfg.per_capita and coupling == "rhs",
         )
-
-    def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
-        coupling = super().check_choices(solver, correction, coupling)
-        if correction == "none" and coupling == "blackbox":
-            raise ProblemError("coupling=blackbox needs a network; choose correction=mlp")
-        return coupling
-
-    def baselines(self) -> dict[str, tuple[str, str]]:
-        return {"blackbox": ("mlp", "blackbox")}
-
-    def untrained_baselines(self) -> dict[str, tuple[str, str]]:
-        # The known physics alone (αx, −θ₃y at θ₃'s starting value): fitting θ₃ without the
-        # interaction terms is meaningless, and long windows of it blow up exponentially.
-        return {"physics": ("none", "rhs")}
+        return Hybrid(physics, net, make_coupling(coupling), gradient)
 
     # -------------------------------------------------------------- training
     def _scale(self, data: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -321,14 +305,14 @@ class LotkaVolterra(Problem):
         train: SplitData,
         out_dir: Path,
     ) -> dict[str, Any]:
-        from hybridsim.problems import lotka_volterra_eval
-
         return lotka_volterra_eval.evaluate(self, models, test, train, out_dir)
 
     def discover(
-        self, model: LotkaVolterraModel, states: np.ndarray, train: SplitData
+        self, f: np.ndarray, states: np.ndarray, train: SplitData, substeps: int = 1
     ) -> dict[str, Any]:
-        """Equation discovery on the model's full right-hand side sampled at ``states (n, 2)``.
+        """Equation discovery on a model's full right-hand side ``f (n, 2)`` sampled at
+        ``states (n, 2)`` (:func:`hybridsim.problems.lotka_volterra_eval.rhs_at`); candidates
+        are simulated with the model's ``substeps``.
 
         ``problem.discovery=simulate`` (default): best-subset and STLSQ-path candidates from
         the learned terms, each simulated from the training data's initial conditions, its
@@ -337,9 +321,6 @@ class LotkaVolterra(Problem):
         threshold scan (Brunton et al. 2016), for comparison.
         """
         cfg = self.cfg
-        u = torch.as_tensor(states, dtype=model.u_scale.dtype, device=model.u_scale.device)
-        with torch.no_grad():
-            f = model.rhs(torch.zeros(()), u).double().cpu().numpy()
         theta, terms = polynomial_library(states, cfg.library_degree, ("x", "y"))
         candidates: list[dict[str, Any]] = []
         if cfg.discovery == "stlsq":
@@ -356,7 +337,7 @@ class LotkaVolterra(Problem):
                 observed.reshape(-1, 2).std(0),
                 max_terms=cfg.max_terms,
                 thresholds=[cfg.threshold * k for k in (0.25, 0.5, 1.0, 2.0, 4.0)],
-                substeps=model.substeps,
+                substeps=substeps,
             )
             xi, regression = found.coef, found.regression
             for c in found.candidates[:10]:

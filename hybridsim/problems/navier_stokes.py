@@ -50,19 +50,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from hybridsim.config import CorrectionConfig, FluidSolverConfig, NSConfig
-from hybridsim.nn.resnet import ResNet
-from hybridsim.nn.unet import UNet
+from hybridsim.hybrid import Hybrid
+from hybridsim.hybrid import coupling as make_coupling
+from hybridsim.nn import build_correction
 from hybridsim.numerics.fluid import FluidSolver
 from hybridsim.numerics.grid import MACGrid, downsample, stack_staggered, unstack_staggered
 from hybridsim.numerics.pressure import PressureSolve
-from hybridsim.numerics.rollout import GradientMode, rollout
+from hybridsim.numerics.rollout import GradientMode
 from hybridsim.numerics.scenarios import (
     Scenario,
     bluff_body_grid,
@@ -70,7 +70,9 @@ from hybridsim.numerics.scenarios import (
     periodic_grid,
     taylor_green_velocity,
 )
-from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
+from hybridsim.problems import navier_stokes_eval
+from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, SplitData, register
+from hybridsim.schemas import CorrectionConfig, FluidSolverConfig, NSConfig
 
 COMPONENTS = ("u", "v", "w")
 BLUFF = ("wake", "wake3d")
@@ -86,12 +88,20 @@ def _masked_sq_error(pred: State, ref: State, open_: tuple[torch.Tensor, ...]) -
     return total / count
 
 
-class NSHybrid(nn.Module):
-    """Coarse fluid solver + optional correction after each step.
+class Flow(NamedTuple):
+    """What a step of a batch needs beyond its state: the coarse solver with one viscosity per
+    sample, and the Reynolds numbers ``(batch,)`` (a network input)."""
 
-    ``step(solver, state, re_channel)`` advances ``state = (*velocity, pressure)`` by ``dt``;
-    ``rollout(state, reynolds, n, gradient)`` returns the ``n`` states after each step.
-    ``coupling``: ``after_step`` or ``non`` (same model; ``non`` marks teacher-forced training).
+    solver: FluidSolver
+    reynolds: torch.Tensor
+
+
+class CoarseFlow(nn.Module):
+    """The stepper of ``problem=ns``: the coarse fluid solver's step on ``state = (*velocity,
+    pressure)``, and how the correction after it sees the state (the staggered
+    velocity in the network's units and a Reynolds channel) and acts on it (``correct``: a
+    velocity increment on the open faces, optionally re-projected and with the mean momentum
+    set by the discrete balance).
     """
 
     def __init__(
@@ -101,8 +111,6 @@ class NSHybrid(nn.Module):
         nu_scale: float,
         advection: str,
         pressure_solve: PressureSolve,
-        correction: nn.Module | None,
-        coupling: str,
         project_correction: bool,
         log_re_mean: float,
         log_re_std: float,
@@ -114,19 +122,16 @@ class NSHybrid(nn.Module):
         self.grid: MACGrid = template.grid
         self.template, self.dt, self.nu_scale = template, dt, nu_scale
         self.advection, self.pressure_solve = advection, pressure_solve
-        self.correction, self.coupling = correction, coupling
         self.project_correction = project_correction
         self.register_buffer("log_re_mean", torch.tensor(float(log_re_mean)))
         self.register_buffer("log_re_std", torch.tensor(float(log_re_std)))
         self.velocity_scale, self.input_scale = velocity_scale, input_scale
-        self.conserve_momentum = conserve_momentum and self.correction is not None
-        # set by the trainer from recipe.gradient_mode / gradient_every (training rollouts only)
-        self.gradient = GradientMode()
+        self.conserve_momentum = conserve_momentum
 
-    def solver(self, reynolds: torch.Tensor) -> FluidSolver:
+    def flow(self, reynolds: torch.Tensor) -> Flow:
         """The coarse step with one viscosity ``nu = nu_scale / Re`` per sample."""
         t = self.template
-        return FluidSolver(
+        solver = FluidSolver(
             self.grid,
             self.nu_scale / reynolds,
             advection=self.advection,
@@ -136,24 +141,15 @@ class NSHybrid(nn.Module):
             cfl_warn=None,
             max_diffusion_number=t.max_diffusion_number,
         )
+        return Flow(solver, reynolds)
+
+    def step(self, state: State, flow: Flow) -> State:
+        return flow.solver.step(state, self.dt)
 
     def re_channel(self, reynolds: torch.Tensor) -> torch.Tensor:
         """``(ln Re - mean) / std`` as ``(batch, 1, 1[, 1], 1)`` (broadcast to a channel)."""
         x = (torch.log(reynolds) - self.log_re_mean) / self.log_re_std
         return x.view(-1, *([1] * (self.grid.dim + 1)))
-
-    def correct(self, velocity: State, re_channel: torch.Tensor) -> State:
-        """``velocity + C(velocity, Re)`` on the open faces (identity without a correction)."""
-        if self.correction is None:
-            return velocity
-        open_ = self.grid.consts(velocity[0].dtype, velocity[0].device)["open"]
-        scale = self.scale(velocity, open_)
-        packed = stack_staggered(self.grid, velocity) / scale
-        x = torch.cat([packed, re_channel.expand(-1, 1, *packed.shape[2:])], dim=1)
-        out_scale = scale * scale / self.velocity_scale if self.input_scale == "rms2" else scale
-        du = unstack_staggered(self.grid, self.correction(x) * out_scale)
-
-        return tuple(u + d * m for u, d, m in zip(velocity, du, open_, strict=True))
 
     def scale(self, velocity: State, open_: tuple[torch.Tensor, ...]) -> torch.Tensor | float:
         """The network's velocity unit: ``U`` (``fixed``), or per sample the rms velocity over
@@ -166,19 +162,29 @@ class NSHybrid(nn.Module):
         rms = torch.sqrt(total / count).clamp_min(1e-12 * self.velocity_scale)
         return rms.view(-1, *([1] * (self.grid.dim + 1)))
 
-    def step(
-        self, solver: FluidSolver, state: State, re_channel: torch.Tensor, solver_grad: bool = True
-    ) -> State:
-        """One corrected step; ``solver_grad=False`` keeps the solver out of the graph (NON)."""
-        with torch.set_grad_enabled(solver_grad and torch.is_grad_enabled()):
-            s = solver.step(state, self.dt)
+    def correct(self, before: State, s: State, net: nn.Module, flow: Flow) -> State:
+        """The corrected velocity (:meth:`corrected_velocity`), then the options: projection,
+        momentum balance (``before`` is the state before the step)."""
         d = self.grid.dim
-        velocity, pressure = self.correct(tuple(s[:d]), re_channel), s[d]
-        if self.project_correction and self.correction is not None:
-            velocity, pressure = solver.project(velocity, pressure, self.dt)
+        velocity, pressure = self.corrected_velocity(tuple(s[:d]), net, flow.reynolds), s[d]
+        if self.project_correction:
+            velocity, pressure = flow.solver.project(velocity, pressure, self.dt)
         if self.conserve_momentum:
-            velocity = self._momentum_balance(solver, tuple(state[:d]), velocity)
+            velocity = self._momentum_balance(flow.solver, tuple(before[:d]), velocity)
         return (*velocity, pressure)
+
+    def corrected_velocity(self, velocity: State, net: nn.Module, reynolds: torch.Tensor) -> State:
+        """``velocity + C(velocity, Re)`` on the open faces. The network sees ``(batch, dim + 1,
+        *(cells + 1))``: the staggered velocity over its scale and the Reynolds channel; its
+        output counts in the scale (``fixed``, ``rms``) or in ``scale² / U`` (``rms2``)."""
+        open_ = self.grid.consts(velocity[0].dtype, velocity[0].device)["open"]
+        scale = self.scale(velocity, open_)
+        packed = stack_staggered(self.grid, velocity) / scale
+        re = self.re_channel(reynolds)
+        x = torch.cat([packed, re.expand(-1, 1, *packed.shape[2:])], dim=1)
+        out_scale = scale * scale / self.velocity_scale if self.input_scale == "rms2" else scale
+        du = unstack_staggered(self.grid, net(x) * out_scale)
+        return tuple(u + e * m for u, e, m in zip(velocity, du, open_, strict=True))
 
     def _momentum_balance(self, solver: FluidSolver, before: State, after: State) -> State:
         """``after`` with each component's mean set to ``<u> (1 - drag dt) + dt <f>`` of
@@ -192,20 +198,9 @@ class NSHybrid(nn.Module):
             out.append(u1 - u1.mean(dims, keepdim=True) + target)
         return tuple(out)
 
-    def rollout(
-        self,
-        state: State,
-        reynolds: torch.Tensor,
-        n_steps: int,
-        gradient: GradientMode | None = None,
-    ) -> list[State]:
-        """The ``n_steps`` states after each corrected step from ``state`` (``gradient``: how
-        backpropagation runs through the loop; forward values are the same for every mode)."""
-        solver, re = self.solver(reynolds), self.re_channel(reynolds)
-        return rollout(lambda s: self.step(solver, s, re), tuple(state), n_steps, gradient=gradient)
-
-    def forward(self, state: State, reynolds: torch.Tensor, n_steps: int) -> list[State]:
-        return self.rollout(state, reynolds, n_steps)
+    def run(self, hybrid: Hybrid, state: State, reynolds: torch.Tensor, n_steps: int) -> list:
+        """The ``n_steps`` states after each corrected step from ``state``."""
+        return hybrid.rollout(tuple(state), n_steps, self.flow(reynolds))
 
 
 @register
@@ -214,6 +209,15 @@ class NavierStokes(Problem):
     solvers = ("semi_lagrangian", "maccormack")
     corrections = ("none", "resnet", "resnet_paper", "unet")
     couplings = ("after_step", "non")
+    needs_network = frozenset({"non"})
+    needs_network_reason = "trains a correction"
+    schema = NSConfig
+    solver_schemas = {"fluid": FluidSolverConfig}
+    comparators = (
+        # NON: the main model's own correction, trained on single steps from reference states
+        Comparator("non", None, "non"),
+        Comparator("solver", "none", "after_step", trained=False),  # SRC
+    )
     # config keys that do not shape the data (left out of the data hash)
     model_keys = frozenset(
         {
@@ -385,36 +389,10 @@ class NavierStokes(Problem):
         correction: CorrectionConfig,
         coupling: str,
         train: SplitData,
-    ) -> NSHybrid:
-        if correction.kind == "none" and coupling == "non":
-            raise ProblemError("coupling=non trains a correction; choose correction=resnet")
-        net = None
-        padding = correction.padding
-        if padding == "auto":
-            padding = "circular" if all(self.coarse_grid.periodic) else "zeros"
-        if correction.kind == "resnet":
-            net = ResNet(
-                self.dim + 1,
-                self.dim,
-                correction.width,
-                correction.kernel_size,
-                correction.blocks,
-                self.dim,
-                final_scale=correction.init_scale,
-                padding_mode=padding,
-            )
-        elif correction.kind == "unet":
-            net = UNet(
-                self.dim + 1,
-                self.dim,
-                correction.width,
-                correction.kernel_size,
-                self.dim,
-                final_scale=correction.init_scale,
-                padding_mode=padding,
-            )
-        elif correction.kind != "none":
-            raise ProblemError(f"correction kind {correction.kind} does not apply to problem=ns")
+        gradient: GradientMode | None = None,
+    ) -> Hybrid:
+        periodic = all(self.coarse_grid.periodic)
+        net = build_correction(correction, self.dim + 1, self.dim, self.dim, periodic=periodic)
         log_re = np.log(np.asarray(train.arrays["reynolds"], dtype=np.float64))
         std = float(log_re.std()) if len(log_re) > 1 and log_re.std() > 0 else 1.0
         template = self._scenario(
@@ -424,18 +402,16 @@ class NavierStokes(Problem):
             solver.advection,
             torch.float32,
         ).solver
-        method = "fft" if all(self.coarse_grid.periodic) else "pcg"
+        method = "fft" if periodic else "pcg"
         ps = PressureSolve(
             self.coarse_grid, method=method, rtol=solver.rtol, grad_rtol=solver.grad_rtol
         )
-        return NSHybrid(
+        stepper = CoarseFlow(
             template,
             self.cfg.dt,
             self.nu_scale,
             solver.advection,
             ps,
-            net,
-            coupling,
             self.cfg.project_correction,
             float(log_re.mean()),
             std,
@@ -443,28 +419,7 @@ class NavierStokes(Problem):
             self.cfg.input_scale,
             self.cfg.conserve_momentum,
         )
-
-    def check_choices(self, solver: str, correction: str, coupling: str | None) -> str:
-        coupling = super().check_choices(solver, correction, coupling)
-        if correction == "none" and coupling == "non":
-            raise ProblemError("coupling=non trains a correction; choose correction=resnet")
-        return coupling
-
-    def baselines(self) -> dict[str, tuple[str, str]]:
-        """NON: the main model's correction trained on single steps (see :meth:`model_set`)."""
-        return {"non": ("resnet", "non")}
-
-    def model_set(self, solver, correction, coupling, train, baselines, untrained=False):
-        """``hybrid``; ``non`` (same correction config, teacher-forced) when ``baselines`` and
-        the hybrid has a network trained through the solver; ``solver`` (SRC) when
-        ``untrained`` and the hybrid is not already the solver alone."""
-        models = {"hybrid": self.build_model(solver, correction, coupling, train)}
-        trained_net = correction.kind != "none"
-        if baselines and trained_net and coupling != "non":
-            models["non"] = self.build_model(solver, correction, "non", train)
-        if untrained and trained_net:
-            models["solver"] = self.build_model(solver, CorrectionConfig(), "after_step", train)
-        return models
+        return Hybrid(stepper, net, make_coupling(coupling), gradient)
 
     # -------------------------------------------------------------- training
     def _components(self) -> tuple[str, ...]:
@@ -489,7 +444,7 @@ class NavierStokes(Problem):
             targets={c: win[c][:, 1:] for c in self._components()},
         )
 
-    def predict(self, model: NSHybrid, batch: Batch, teacher_forcing: bool) -> State:
+    def predict(self, model: Hybrid, batch: Batch, teacher_forcing: bool) -> State:
         """Predicted velocity components ``(batch, n, *face_shape)`` for the window's steps.
 
         Free rollout from the first frame (SOL), or one step from each reference frame with no
@@ -502,23 +457,20 @@ class NavierStokes(Problem):
             state = tuple(
                 batch.inputs[c][:, :-1].reshape(b * n, *batch.inputs[c].shape[2:]) for c in comps
             )
-            re_rep = re.repeat_interleave(n)
-            out = model.step(
-                model.solver(re_rep), state, model.re_channel(re_rep), solver_grad=False
-            )
+            out = model.step(state, model.stepper.flow(re.repeat_interleave(n)))
             return tuple(o.reshape(b, n, *o.shape[1:]) for o in out[: self.dim])
         state = tuple(batch.inputs[c][:, 0] for c in comps)
-        states = model.rollout(state, re, n, model.gradient)
+        states = model.rollout(state, n, model.stepper.flow(re))
         return tuple(torch.stack([s[i] for s in states], 1) for i in range(self.dim))
 
-    def loss(self, model: NSHybrid, batch: Batch) -> torch.Tensor:
+    def loss(self, model: Hybrid, batch: Batch) -> torch.Tensor:
         """Mean over steps and samples of the squared velocity error on open faces."""
-        pred = self.predict(model, batch, teacher_forcing=model.coupling == "non")
+        pred = self.predict(model, batch, teacher_forcing=model.coupling.teacher_forced)
         ref = tuple(batch.targets[c] for c in self._components())
-        open_ = model.grid.consts(ref[0].dtype, ref[0].device)["open"]
+        open_ = model.stepper.grid.consts(ref[0].dtype, ref[0].device)["open"]
         return _masked_sq_error(pred, ref, open_)
 
-    def validate(self, model: NSHybrid, data: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    def validate(self, model: Hybrid, data: Mapping[str, torch.Tensor]) -> dict[str, float]:
         """Free rollouts of ``val_steps`` from 4 evenly spaced frames of each simulation (the
         same criterion for SOL and NON); ``loss`` = the training loss on them."""
         n_sim, n_t = data["u"].shape[:2]
@@ -531,7 +483,7 @@ class NavierStokes(Problem):
         with torch.no_grad():
             pred = self.predict(model, batch, teacher_forcing=False)
         ref = tuple(batch.targets[c] for c in self._components())
-        open_ = model.grid.consts(ref[0].dtype, ref[0].device)["open"]
+        open_ = model.stepper.grid.consts(ref[0].dtype, ref[0].device)["open"]
         loss = float(_masked_sq_error(pred, ref, open_))
         norm = float(_masked_sq_error(tuple(torch.zeros_like(r) for r in ref), ref, open_))
         return {
@@ -547,6 +499,4 @@ class NavierStokes(Problem):
         train: SplitData,
         out_dir: Path,
     ) -> dict[str, Any]:
-        from hybridsim.problems import navier_stokes_eval
-
         return navier_stokes_eval.evaluate(self, models, test, out_dir)

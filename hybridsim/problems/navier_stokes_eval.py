@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,9 +29,6 @@ from torch import nn
 
 from hybridsim.numerics.fluid import vorticity, vorticity_correlation
 from hybridsim.problems.base import SplitData
-
-if TYPE_CHECKING:
-    from hybridsim.problems.navier_stokes import NavierStokes
 
 CORRELATION_THRESHOLD = 0.95
 LABELS = {
@@ -58,26 +55,25 @@ def _correlation_time(corr: np.ndarray, dt: float) -> np.ndarray:
 
 
 def evaluate(
-    problem: NavierStokes,
+    problem: Any,  # the NavierStokes problem
     models: Mapping[str, nn.Module],
     test: SplitData,
     out_dir: Path,
 ) -> dict[str, Any]:
     cfg = problem.cfg
     comps = problem._components()
-    some = next(iter(models.values()))
-    p = next(iter(some.buffers()))
-    data = test.tensors(p.device, p.dtype)
+    device, dtype = next(iter(models.values())).like.values()
+    data = test.tensors(device, dtype)
     n_sim, n_t = data["u"].shape[:2]
     long = min(cfg.eval_long_steps, n_t - 1)
     steps = min(cfg.eval_steps, long)
     starts = torch.linspace(0, n_t - 1 - long, cfg.eval_starts).round().long().unique()
-    sim = torch.arange(n_sim).repeat_interleave(len(starts)).to(p.device)
-    start = starts.repeat(n_sim).to(p.device)
+    sim = torch.arange(n_sim).repeat_interleave(len(starts)).to(device)
+    start = starts.repeat(n_sim).to(device)
     batch = problem._windows(data, sim, start, long)
     ref = tuple(batch.targets[c] for c in comps)
     grid = problem.coarse_grid
-    open_ = grid.consts(p.dtype, p.device)["open"]
+    open_ = grid.consts(dtype, device)["open"]
     ref_l2, ref_l1 = _norms(ref, open_, 2), _norms(ref, open_, 1)
     ref_vort = _vorticity_series(grid, tuple(r[:, :steps] for r in ref))
     reynolds = data["reynolds"][sim].double().cpu().numpy()
@@ -89,7 +85,7 @@ def evaluate(
     for name, model in models.items():
         with torch.no_grad():
             pred = problem.predict(model, batch, teacher_forcing=False)
-        finite = torch.ones(len(sim), dtype=torch.bool, device=p.device)
+        finite = torch.ones(len(sim), dtype=torch.bool, device=device)
         for c in pred:
             finite &= torch.isfinite(c).flatten(1).all(1)
         diff = tuple(a - b for a, b in zip(pred, ref, strict=True))

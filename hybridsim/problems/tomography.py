@@ -18,19 +18,18 @@ for all iterations or one per iteration. Images ``(batch, ny, nx)``, sinograms
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig
-from hybridsim.nn.convnet import ConvNet
+from hybridsim.hybrid import Hybrid, Update
+from hybridsim.nn import build_correction
 from hybridsim.numerics.phantoms import (
     random_ellipses,
     random_ellipses_batch,
@@ -39,103 +38,87 @@ from hybridsim.numerics.phantoms import (
     shepp_logan_ellipses,
     simulate_sinogram,
 )
-from hybridsim.numerics.radon import RayTransform, fbp
+from hybridsim.numerics.radon import fbp
 from hybridsim.numerics.reconstruction import (
-    DataTerm,
-    LeastSquares,
-    PoissonLogLikelihood,
+    data_and_regularizer_gradients,
+    default_step_size,
+    descent_update,
     gaussian_noise,
+    nesterov_extrapolation,
     psnr,
 )
-from hybridsim.numerics.regularizers import DirichletEnergy, Regularizer, TotalVariation
-from hybridsim.numerics.rollout import GradientMode, rollout
-from hybridsim.problems.base import Batch, Problem, ProblemError, SplitData, register
-
-
-@functools.lru_cache(maxsize=4)
-def ray_transform(
-    size: int, n_angles: int, n_det: int | None, det_spacing: float | None
-) -> RayTransform:
-    """The normalised (``||F|| = 1``) parallel-beam operator of a config (cached: built once)."""
-    if n_det is not None and det_spacing is None:
-        # the default spacing of the default detector: a user-chosen n_det keeps pixel-sized bins
-        det_spacing = math.hypot(size, size) / (2 * math.ceil(math.hypot(size, size) / 2) + 1)
-    return RayTransform(size, n_angles, n_det=n_det, det_spacing=det_spacing, normalize=True)
-
-
-def operator(cfg: CTConfig) -> RayTransform:
-    return ray_transform(cfg.size, cfg.n_angles, cfg.n_det, cfg.det_spacing)
-
-
-def data_term(cfg: CTConfig, op: RayTransform) -> DataTerm:
-    if cfg.forward_model == "beer_lambert":
-        return PoissonLogLikelihood(op, cfg.mu, cfg.i0, op_norm=1.0)
-    return LeastSquares(op, op_norm=1.0)
-
-
-def regularizer(name: str, huber_eps: float) -> Regularizer | None:
-    return {"dirichlet": DirichletEnergy(), "tv": TotalVariation(huber_eps), "none": None}[name]
-
-
-def line_integrals(cfg: CTConfig, sinogram: torch.Tensor) -> torch.Tensor:
-    """Measured data as (normalised) line integrals: the sinogram itself for the linear model,
-    ``−log(max(b, 1)/I₀)/μ`` for Beer–Lambert counts (zero counts clipped to one photon)."""
-    if cfg.forward_model == "beer_lambert":
-        return -torch.log(sinogram.clamp_min(1.0) / cfg.i0) / cfg.mu
-    return sinogram
+from hybridsim.numerics.rollout import GradientMode
+from hybridsim.problems import tomography_eval
+from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, SplitData, register
+from hybridsim.problems.tomography_lpd import LearnedPrimalDual
+from hybridsim.problems.tomography_ops import (  # noqa: F401  (re-exported)
+    data_term,
+    line_integrals,
+    operator,
+    ray_transform,
+    regularizer,
+)
+from hybridsim.schemas import CorrectionConfig, CTConfig, CTSolverConfig
 
 
 def _softplus_inverse(x: float) -> float:
     return x + math.log(-math.expm1(-x))
 
 
-class LearnedGradientDescent(nn.Module):
-    """``n_iter`` (accelerated) gradient-descent steps from FBP or zero, each corrected by a
-    network (see the module docstring); ``solver.name == "fbp"``: FBP alone.
+class Proposal(NamedTuple):
+    """One uncorrected iteration: the point ``z`` it starts from (``a_k``, or FISTA's
+    extrapolation), the gradients there, the descent step's result and the next momentum."""
 
-    ``forward(sinogram (batch, n_angles, n_det), n_iter=None) -> image (batch, ny, nx)``.
-    ``gradient`` (a GradientMode, set by the trainer from the recipe) selects full
-    backpropagation, checkpointing or truncation across the iterations.
+    z: torch.Tensor
+    grad_d: torch.Tensor
+    grad_r: torch.Tensor
+    a_next: torch.Tensor
+    t_next: torch.Tensor
+
+
+class Descent(nn.Module):
+    """The stepper of ``problem=ct``: ``n_iter`` (accelerated) gradient-descent steps on
+    ``D(a) + λR(a)`` from FBP or zero (:func:`descent_update`, :func:`nesterov_extrapolation`);
+    ``solver.name == "fbp"``: FBP alone. ``learn_lambda``: λ = softplus(ρ) is learned (one for
+    all iterations or one per iteration), else a buffer kept for the record (the step uses the
+    Python float, so a float64 model applies exactly the configured λ).
+
+    State ``(a, a_prev, t, memory, k)``: images ``(batch, ny, nx)``, FISTA's ``t (batch,)``, the
+    network's memory ``(batch, memory, ny, nx)`` and the iteration counter (a 0-d tensor).
     """
 
     def __init__(
         self,
         problem: CTConfig,
         solver: CTSolverConfig,
-        correction: nn.Module | nn.ModuleList | None,
-        coupling: str,
         lam_init: float,
+        learn_lambda: bool,
         lambda_per_iteration: bool,
+        memory: int,
     ) -> None:
         super().__init__()
-        self.cfg, self.solver = problem, solver
+        self.cfg, self.solver, self.memory = problem, solver, memory
         self.op = operator(problem)
         self.data = data_term(problem, self.op)
         self.reg = regularizer(solver.regularizer, solver.huber_eps)
-        self.correction, self.coupling = correction, coupling
-        self.memory = problem.memory if correction is not None else 0
-        self.gradient = GradientMode()
-        l_reg = 0.0 if self.reg is None else self.reg.lipschitz
-        self.step_size = solver.step_size or 1.0 / (self.data.lipschitz + lam_init * l_reg)
-        if coupling == "update_lambda":
+        self.step_size = solver.step_size or default_step_size(self.data, self.reg, lam_init)
+        self.learn_lambda = learn_lambda
+        if learn_lambda:
             n = max(solver.n_iter, 1) if lambda_per_iteration else 1
-            rho = _softplus_inverse(lam_init)
-            self.rho = nn.Parameter(torch.full((n,), rho))
+            self.rho = nn.Parameter(torch.full((n,), _softplus_inverse(lam_init)))
         else:
-            # kept in the checkpoint for the record; the step uses the Python float, so a float64
-            # model applies exactly the configured λ (a float32 buffer would round it)
             self.register_buffer("lam", torch.tensor(float(lam_init)))
         self.lam_value = float(lam_init)
-        self.register_buffer("device_like", torch.zeros(()), persistent=False)
-        self.per_iteration = isinstance(correction, nn.ModuleList) or (
-            coupling == "update_lambda" and self.rho.numel() > 1
-        )
 
-    def lam_at(self, k: int) -> torch.Tensor | float:
-        """λ of iteration ``k`` (learned: ``softplus(ρ_k)``, kept positive)."""
-        if self.coupling == "update_lambda":
-            return nnf.softplus(self.rho[min(k, len(self.rho) - 1)])
-        return self.lam_value
+    def lam_at(self, state: tuple) -> torch.Tensor | float:
+        """λ of this iteration (learned: ``softplus(ρ_k)``, kept positive)."""
+        if not self.learn_lambda:
+            return self.lam_value
+        k = self.iteration(state) if self.rho.numel() > 1 else 0  # a host sync only then
+        return nnf.softplus(self.rho[min(k, len(self.rho) - 1)])
+
+    def iteration(self, state: tuple) -> int:
+        return int(state[4])
 
     def initial(self, sinogram: torch.Tensor) -> torch.Tensor:
         """FBP (filter and cut-off of the solver) or zeros, ``(batch, ny, nx)``."""
@@ -144,37 +127,38 @@ class LearnedGradientDescent(nn.Module):
         p = line_integrals(self.cfg, sinogram)
         return fbp(self.op, p, self.solver.filter, self.solver.cutoff)
 
-    def _network(self, k: int) -> nn.Module | None:
-        if isinstance(self.correction, nn.ModuleList):
-            return self.correction[min(k, len(self.correction) - 1)]
-        return self.correction
-
-    def step(self, state: tuple[torch.Tensor, ...], sinogram: torch.Tensor) -> tuple:
-        """One iteration on ``(a, a_prev, t, memory, k)``; ``t`` is FISTA's ``(batch,)``
-        sequence (unused by gd), ``k`` the iteration counter (a 0-d tensor)."""
-        a, a_prev, t, memory, k_t = state
-        k = int(k_t) if self.per_iteration else 0  # a host sync only when it matters
+    def propose(self, state: tuple, sinogram: torch.Tensor) -> Proposal:
+        a, a_prev, t, _, _ = state
         if self.solver.name == "agd":
-            t_next = 0.5 * (1 + torch.sqrt(1 + 4 * t * t))
-            z = a + ((t - 1) / t_next)[..., None, None] * (a - a_prev)
+            z, t_next = nesterov_extrapolation(a, a_prev, t)
         else:
-            t_next, z = t, a
-        grad_d = self.data.gradient(z, sinogram)
-        grad_r = torch.zeros_like(z) if self.reg is None else self.reg.gradient(z)
-        a_next = z - self.step_size * (grad_d + self.lam_at(k) * grad_r)
-        net = self._network(k)
-        if net is not None:
-            inputs = torch.cat(
-                [z[:, None], grad_d[:, None] / self.data.lipschitz, grad_r[:, None], memory], 1
-            )
-            out = net(inputs)
-            a_next = a_next + out[:, 0]
-            memory = torch.relu(out[:, 1:])
+            z, t_next = a, t
+        grad_d, grad_r = data_and_regularizer_gradients(z, sinogram, self.data, self.reg)
+        a_next = descent_update(z, grad_d, grad_r, self.step_size, self.lam_at(state))
+        return Proposal(z, grad_d, grad_r, a_next, t_next)
+
+    def encode(self, p: Proposal, state: tuple, sinogram: torch.Tensor) -> torch.Tensor:
+        """The network's input ``(z, ∇D(z)/L_D, ∇R(z), memory)``, ``(batch, 3 + memory, ny, nx)``
+        (Adler & Öktem 2017, Alg. 2)."""
+        return torch.cat(
+            [p.z[:, None], p.grad_d[:, None] / self.data.lipschitz, p.grad_r[:, None], state[3]], 1
+        )
+
+    def decode(self, out: torch.Tensor, p: Proposal, sinogram: torch.Tensor) -> tuple:
+        """The image increment and the next memory (``ReLU`` of the other output channels)."""
+        return out[:, 0], torch.relu(out[:, 1:])
+
+    def accept(self, p: Proposal, increment: tuple | None, state: tuple) -> tuple:
+        a, _, _, memory, k_t = state
+        a_next = p.a_next
+        if increment is not None:
+            a_next, memory = a_next + increment[0], increment[1]
         if self.solver.nonnegative:
             a_next = a_next.clamp_min(0)
-        return a_next, a, t_next, memory, k_t + 1
+        return a_next, a, p.t_next, memory, k_t + 1
 
-    def forward(self, sinogram: torch.Tensor, n_iter: int | None = None) -> torch.Tensor:
+    def run(self, hybrid: Hybrid, sinogram: torch.Tensor, n_iter: int | None = None):
+        """``(batch, n_angles, n_det) -> (batch, ny, nx)``; ``n_iter`` caps the iterations."""
         a0 = self.initial(sinogram)
         n = self.solver.n_iter if n_iter is None or n_iter < 0 else min(n_iter, self.solver.n_iter)
         if self.solver.name == "fbp" or n == 0:
@@ -187,13 +171,7 @@ class LearnedGradientDescent(nn.Module):
             a0.new_zeros(batch, self.memory, *a0.shape[-2:]),
             torch.zeros((), dtype=torch.long, device=a0.device),
         )
-        return rollout(
-            functools.partial(self.step, sinogram=sinogram),
-            state,
-            n,
-            save_every=n,
-            gradient=self.gradient,
-        )[-1][0]
+        return hybrid.rollout(state, n, sinogram, save_every=n)[-1][0]
 
 
 @register
@@ -202,6 +180,15 @@ class Tomography(Problem):
     solvers = ("fbp", "gd", "agd")
     corrections = ("none", "convnet")
     couplings = ("update", "update_lambda", "primal_dual")
+    needs_network = frozenset({"primal_dual"})
+    needs_network_reason = "is made of networks (the learned primal and dual updates)"
+    schema = CTConfig
+    solver_schemas = {"ct": CTSolverConfig}
+    comparators = (
+        Comparator("learned_lambda", "convnet", "update_lambda"),
+        Comparator("primal_dual", "convnet", "primal_dual"),
+        Comparator("solver", "none", "update", trained=False),
+    )
     cfg: CTConfig
 
     # Settings that shape only the model or the evaluation, not the data (not hashed).
@@ -295,11 +282,6 @@ class Tomography(Problem):
                 "solver=fbp has no iterations to correct or λ to learn; choose solver=gd or agd "
                 "(or correction=none coupling=update)"
             )
-        if coupling == "primal_dual" and correction == "none":
-            raise ProblemError(
-                "coupling=primal_dual is made of networks (the learned primal and dual "
-                "updates); choose correction=convnet"
-            )
         return coupling
 
     def build_model(
@@ -308,57 +290,25 @@ class Tomography(Problem):
         correction: CorrectionConfig,
         coupling: str,
         train: SplitData,
-    ) -> LearnedGradientDescent:
-        if getattr(solver, "kind", None) != "ct":
-            raise ProblemError(
-                f"solver={solver.name} does not apply to problem=ct; "
-                f"choose one of: {', '.join(self.solvers)}"
-            )
+        gradient: GradientMode | None = None,
+    ) -> nn.Module:
         cfg = self.cfg
         if coupling == "primal_dual":
-            from hybridsim.problems.tomography_lpd import LearnedPrimalDual
-
-            if correction.kind != "convnet":
-                raise ProblemError(
-                    f"coupling=primal_dual needs correction=convnet, got correction="
-                    f"{correction.name}"
-                )
             share = False if cfg.share_weights is None else cfg.share_weights
-            return LearnedPrimalDual(cfg, solver, correction, share)  # type: ignore[return-value]
-        net: nn.Module | nn.ModuleList | None = None
-        if correction.kind == "convnet":
-
-            def make() -> ConvNet:
-                return ConvNet(
-                    3 + cfg.memory,
-                    1 + cfg.memory,
-                    correction.width,
-                    correction.kernel_size,
-                    correction.activation,
-                    correction.init_scale,
-                )
-
-            net = (
-                make()
-                if cfg.share_weights is None or cfg.share_weights
-                else nn.ModuleList(make() for _ in range(max(solver.n_iter, 1)))
-            )
-        elif correction.kind != "none":
-            raise ProblemError(
-                f"correction={correction.name} does not apply to problem=ct; "
-                f"choose one of: {', '.join(self.corrections)}"
-            )
+            return LearnedPrimalDual(cfg, solver, correction, share, gradient)
+        per_iteration = not (cfg.share_weights is None or cfg.share_weights)
+        net = build_correction(
+            correction,
+            3 + cfg.memory,
+            1 + cfg.memory,
+            dim=2,
+            copies=max(solver.n_iter, 1) if per_iteration else 1,
+        )
         lam = solver.lam if coupling == "update" or solver.lam > 0 else cfg.lambda_init
-        return LearnedGradientDescent(cfg, solver, net, coupling, lam, cfg.lambda_per_iteration)
-
-    def baselines(self) -> dict[str, tuple[str, str]]:
-        return {
-            "learned_lambda": ("convnet", "update_lambda"),
-            "primal_dual": ("convnet", "primal_dual"),
-        }
-
-    def untrained_baselines(self) -> dict[str, tuple[str, str]]:
-        return {"solver": ("none", "update")}
+        memory = cfg.memory if net is not None else 0
+        learn = coupling == "update_lambda"
+        stepper = Descent(cfg, solver, lam, learn, cfg.lambda_per_iteration, memory)
+        return Hybrid(stepper, net, Update(), gradient)
 
     # -------------------------------------------------------------- training
     def batch(
@@ -419,8 +369,6 @@ class Tomography(Problem):
         """``problem.tv_lam=null``: TV's λ is the one of ``problem.tv_lam_grid`` with the best
         mean PSNR on the validation phantoms (a fair baseline: tuned on data the learned models
         were selected on, never on test)."""
-        from hybridsim.problems import tomography_eval
-
         if self.cfg.tv_lam is not None:
             return {}
         chosen = tomography_eval.choose_tv_lambda(
@@ -436,8 +384,6 @@ class Tomography(Problem):
         train: SplitData,
         out_dir: Path,
     ) -> dict[str, Any]:
-        from hybridsim.problems import tomography_eval
-
         return tomography_eval.evaluate(self, models, test, out_dir)
 
 

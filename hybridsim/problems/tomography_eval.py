@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,23 +27,19 @@ from hybridsim.numerics.reconstruction import (
 from hybridsim.numerics.regularizers import TotalVariation
 from hybridsim.numerics.rollout import rollout
 from hybridsim.problems.base import SplitData
-
-if TYPE_CHECKING:
-    from hybridsim.problems.tomography import LearnedGradientDescent, Tomography
+from hybridsim.problems.tomography_ops import data_term, line_integrals, operator
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
 
 def classical(
-    problem: Tomography, model: LearnedGradientDescent, tv_lam: float | None = None
+    problem: Any, model: nn.Module, tv_lam: float | None = None
 ) -> dict[str, Reconstruct]:
     """FBP (the solver's filter and cut-off) and TV: FISTA on ``D + λ_TV TV_ε`` from that FBP,
     nonnegative, ``problem.tv_iters`` steps (``docs/ct-numerics.md``: 30.19 dB on 128²), with
     ``λ_TV = tv_lam`` (default: the one chosen on validation, else ``problem.tv_lam``)."""
-    from hybridsim.problems.tomography import data_term, line_integrals, operator
-
     cfg, op = problem.cfg, operator(problem.cfg)
-    solver = model.solver
+    solver = _part(model).solver
     if tv_lam is None:
         tv_lam = problem.tv_lam_chosen if cfg.tv_lam is None else cfg.tv_lam
     if tv_lam is None:
@@ -65,7 +61,7 @@ def classical(
 
 
 def choose_tv_lambda(
-    problem: Tomography,
+    problem: Any,  # the Tomography problem
     model: nn.Module,
     val: SplitData,
     grid: list[float],
@@ -116,8 +112,16 @@ def choose_tv_lambda(
 
 
 def _like(model: nn.Module) -> dict[str, Any]:
+    like = getattr(model, "like", None)
+    if like is not None:  # a Hybrid
+        return like
     anchor = next(iter(model.buffers()))
     return {"device": anchor.device, "dtype": anchor.dtype}
+
+
+def _part(model: nn.Module) -> Any:
+    """The module holding the solver config and a learned λ: a Hybrid's stepper, else itself."""
+    return getattr(model, "stepper", model)
 
 
 def _scores(rec: Reconstruct, sinogram: torch.Tensor, true: torch.Tensor) -> dict[str, Any]:
@@ -130,7 +134,7 @@ def _scores(rec: Reconstruct, sinogram: torch.Tensor, true: torch.Tensor) -> dic
 
 
 def evaluate(
-    problem: Tomography,
+    problem: Any,  # the Tomography problem
     models: Mapping[str, nn.Module],
     test: SplitData,
     out_dir: Path,
@@ -156,7 +160,7 @@ def evaluate(
             "ssim_shepp_logan": float(sl["ssim"][0]),
             "ms_per_image": held["ms"],
         }
-        lam = getattr(rec, "rho", None)
+        lam = getattr(_part(rec), "rho", None)
         if lam is not None:
             table[name]["lambda"] = float(torch.nn.functional.softplus(lam.detach()).mean())
         examples["heldout"][name] = held["pred"][0].double().cpu().numpy()

@@ -26,9 +26,11 @@ import functools
 import torch
 from torch import nn
 
-from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig
 from hybridsim.nn.convnet import ConvNet
+from hybridsim.numerics.radon import fbp
 from hybridsim.numerics.rollout import GradientMode, rollout
+from hybridsim.problems.tomography_ops import line_integrals, operator
+from hybridsim.schemas import CorrectionConfig, CTConfig, CTSolverConfig
 
 
 class PrimalDualIteration(nn.Module):
@@ -43,8 +45,8 @@ class PrimalDualIteration(nn.Module):
 
 class LearnedPrimalDual(nn.Module):
     """``forward(sinogram (batch, n_angles, n_det), n_iter=None) -> image (batch, ny, nx)``;
-    ``n_iter`` caps the iterations (the recipe's unroll curriculum). ``gradient`` (set by the
-    trainer) selects full backpropagation, checkpointing or truncation across iterations."""
+    ``n_iter`` caps the iterations (the recipe's unroll curriculum). ``gradient`` (the
+    recipe's) selects full backpropagation, checkpointing or truncation across iterations."""
 
     def __init__(
         self,
@@ -52,9 +54,8 @@ class LearnedPrimalDual(nn.Module):
         solver: CTSolverConfig,
         correction: CorrectionConfig,
         share_weights: bool,
+        gradient: GradientMode | None = None,
     ) -> None:
-        from hybridsim.problems.tomography import operator
-
         super().__init__()
         self.cfg, self.solver = problem, solver
         self.op = operator(problem)
@@ -64,14 +65,11 @@ class LearnedPrimalDual(nn.Module):
             PrimalDualIteration(self.memory, correction, problem.primal_dual_activation)
             for _ in range(n)
         )
-        self.gradient = GradientMode()
+        self.gradient = gradient or GradientMode()
         self.register_buffer("device_like", torch.zeros(()), persistent=False)
 
     def initial(self, sinogram: torch.Tensor) -> torch.Tensor:
         """``a_0``: FBP (the solver's filter and cut-off) or zeros, ``(batch, ny, nx)``."""
-        from hybridsim.numerics.radon import fbp
-        from hybridsim.problems.tomography import line_integrals
-
         if self.solver.init == "zero":
             return sinogram.new_zeros(sinogram.shape[0], self.op.ny, self.op.nx)
         return fbp(
@@ -89,8 +87,6 @@ class LearnedPrimalDual(nn.Module):
         return f, h, k_t + 1
 
     def forward(self, sinogram: torch.Tensor, n_iter: int | None = None) -> torch.Tensor:
-        from hybridsim.problems.tomography import line_integrals
-
         a0 = self.initial(sinogram)
         n = self.solver.n_iter if n_iter is None or n_iter < 0 else min(n_iter, self.solver.n_iter)
         if n == 0:
