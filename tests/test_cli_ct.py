@@ -43,28 +43,6 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.slow
-def test_generate_train_eval(tmp_path, monkeypatch, capsys):
-    """generate and eval in-process (each extra interpreter costs seconds of imports), train
-    through ``python -m hybridsim`` as a user runs it."""
-    monkeypatch.chdir(tmp_path)
-    assert main(["generate", *TINY]) == 0
-    path = tmp_path / capsys.readouterr().out.split()[0]
-    assert path.name.startswith("ct-") and path.exists()
-    train = run("train", *TINY, *TRAIN, "evaluate=false", cwd=tmp_path)
-    assert "(cached)" in train.stdout, "train must reuse the generated data"
-    run_dir = tmp_path / train.stdout.strip().splitlines()[-1]
-    for f in ("checkpoints/best.pt", "checkpoints/learned_lambda/best.pt", "metrics.jsonl"):
-        assert (run_dir / f).exists(), f"missing {f}"
-    assert main(["eval", f"run={run_dir}"]) == 0
-    assert "psnr_shepp_logan" in capsys.readouterr().out
-    result = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    assert {"fbp", "tv", "solver", "hybrid", "learned_lambda"} <= set(result["table"])
-    assert all(row["psnr_heldout"] is not None for row in result["table"].values())
-    for case in ("heldout", "shepp_logan"):
-        assert (run_dir / "eval" / "plots" / f"ct_{case}.png").exists()
-
-
 BAD = [
     (["train", "problem=ct", "problem.n_angles=0"], "problem.n_angles"),
     (["train", "problem=ct", "problem.n_det=10"], "detector is too small"),

@@ -52,28 +52,6 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.slow
-def test_generate_train_eval(tmp_path):
-    gen = run("generate", *TINY, cwd=tmp_path)
-    path = tmp_path / gen.stdout.split()[0]
-    assert path.name.startswith("ns-") and path.exists()
-    train = run("train", *TINY, *TRAIN, "evaluate=false", cwd=tmp_path)
-    assert "(cached)" in train.stdout, "train must reuse the generated data"
-    run_dir = Path(train.stdout.strip().splitlines()[-1])
-    for f in ("checkpoints/best.pt", "checkpoints/non/best.pt", "metrics.jsonl", "meta.json"):
-        assert (run_dir / f).exists(), f"missing {f}"
-    ev = run("eval", f"run={run_dir}", "device=cpu", cwd=tmp_path)
-    assert "rel_l2_mean" in ev.stdout and "corr_time" in ev.stdout
-    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
-    assert set(metrics["table"]) == {"hybrid", "non", "solver"}
-    assert metrics["eval_steps"] == 10 and metrics["test_reynolds"] == [200.0]
-    assert metrics["eval_long_steps"] == 11 and "rel_l2_11" in metrics["table"]["hybrid"]
-    for name, row in metrics["table"].items():
-        assert row["rel_l2_mean"] is not None and 0 < row["rel_l2_mean"] < 1, (name, row)
-    for plot in ("vorticity.png", "error_over_time.png"):
-        assert (run_dir / "eval" / "plots" / plot).exists()
-
-
 BAD = [
     (["train", "problem=ns", "solver=rk4"], "solver=rk4 does not apply to problem=ns"),
     (["train", "problem=lv", "solver=semi_lagrangian"], "does not apply to problem=lv"),

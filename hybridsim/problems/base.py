@@ -69,6 +69,8 @@ class Problem(abc.ABC):
     solver_schemas: config dataclasses of solver kinds the problem brings (``{kind: schema}``).
     config_files: YAML shipped with a problem from outside hybridsim, ``{"problem/heat":
         "package:path/heat.yaml"}``: put on Hydra's search path (its ConfigStore) at start-up.
+    tiny: overrides that make a run of seconds with the problem's physics (a small grid, few
+        samples, short horizons): the registry tests run every problem with them.
     """
 
     name: ClassVar[str]
@@ -80,6 +82,7 @@ class Problem(abc.ABC):
     comparators: ClassVar[tuple[Comparator, ...]] = ()
     solver_schemas: ClassVar[dict[str, type]] = {}
     config_files: ClassVar[dict[str, str]] = {}
+    tiny: ClassVar[tuple[str, ...]] = ()
     model_keys: ClassVar[frozenset[str]] = frozenset()  # config keys that do not shape the data
     # Why its batches cannot be split across processes (torchrun/DDP), if they cannot.
     not_data_parallel: ClassVar[str | None] = None

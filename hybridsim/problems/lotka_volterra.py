@@ -156,6 +156,7 @@ class LotkaVolterra(Problem):
         # interaction terms is meaningless, and long windows of it blow up exponentially.
         Comparator("physics", "none", "rhs", trained=False),
     )
+    tiny = ("problem.t_train=1.0", "problem.t_test=2.0", "correction.width=[8]")
     cfg: LVConfig
     not_data_parallel = (
         "its data are a single trajectory (a batch is windows of one short series, cheap on "

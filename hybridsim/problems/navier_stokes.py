@@ -230,6 +230,20 @@ class NavierStokes(Problem):
             "eval_starts",
         }
     )
+    tiny = (
+        "problem.resolution=[32,16]",
+        "problem.factor=2",
+        "problem.warmup=20",
+        "problem.n_frames=10",
+        "problem.n_frames_test=12",
+        "problem.eval_steps=10",
+        "problem.eval_long_steps=11",
+        "problem.val_steps=4",
+        "problem.reynolds_train=[100,800]",
+        "problem.reynolds_val=[300]",
+        "problem.reynolds_test=[200]",
+        "correction.width=[8]",
+    )
     cfg: NSConfig
 
     def __init__(self, cfg: NSConfig) -> None:

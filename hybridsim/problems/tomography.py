@@ -189,6 +189,17 @@ class Tomography(Problem):
         Comparator("primal_dual", "convnet", "primal_dual"),
         Comparator("solver", "none", "update", trained=False),
     )
+    tiny = (
+        "problem.size=24",
+        "problem.n_angles=12",
+        "problem.n_train=8",
+        "problem.n_val=2",
+        "problem.n_test=2",
+        "problem.n_ellipses=20",
+        "problem.tv_iters=10",
+        "solver.n_iter=3",
+        "correction.width=[8,8]",
+    )
     cfg: CTConfig
 
     # Settings that shape only the model or the evaluation, not the data (not hashed).
