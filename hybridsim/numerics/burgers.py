@@ -327,6 +327,7 @@ def reference_trajectory(
     *,
     n_coarse: int | None = None,
     substeps: int | None = None,
+    u_max: float | None = None,
     length: float = 2 * math.pi,
 ) -> torch.Tensor:
     """The spectral reference, saved every ``dt`` and restricted to the coarse grid.
@@ -341,8 +342,12 @@ def reference_trajectory(
         n_fine: spectral resolution (even).
         n_coarse: if given, every frame is restricted to ``n_coarse`` exact cell averages
             (:func:`cell_average`, ``n_fine`` a multiple of ``n_coarse``); else fine point values.
-        substeps: fine ETDRK4 steps per ``dt``; default :func:`reference_substeps` with the
-            amplitude ``max |u0|``.
+        substeps: fine ETDRK4 steps per ``dt``; default :func:`reference_substeps` with
+            ``u_max``.
+        u_max: a bound on ``max |u|`` (by the maximum principle, on ``max |u0|``), e.g. the
+            ``amplitude`` of :func:`random_initial_conditions`; default ``max |u0|`` over the
+            batch. Pass it when a sample's data must not depend on the rest of its batch (the
+            fine step would otherwise follow the batch's largest amplitude).
     Returns:
         ``(batch, n_steps + 1, n_coarse or n_fine)``, frame 0 the (restricted) initial state.
         No gradient is tracked (the reference is data).
@@ -356,8 +361,11 @@ def reference_trajectory(
     fine = SpectralBurgers(n_fine, length)
     with torch.no_grad():
         u = fourier_resample(u0, n_fine)
+        peak = float(u.abs().max())
+        if u_max is not None and peak > u_max * (1 + 1e-6):
+            raise ValueError(f"u0 exceeds u_max: max|u0| = {peak:.4g} > {u_max:g}")
         if substeps is None:
-            substeps = reference_substeps(float(u.abs().max()) or 1.0, dt, n_fine, length)
+            substeps = reference_substeps(u_max or peak or 1.0, dt, n_fine, length)
         if substeps < 1:
             raise ValueError(f"substeps must be >= 1, got {substeps}")
         coeffs = fine.coefficients(nu, dt / substeps, u)
