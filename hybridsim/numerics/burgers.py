@@ -57,7 +57,7 @@ class BurgersDefaults:
     ~1e-8 at nu >= 0.008), ``dt`` per saved frame and per coarse step (Courant number
     ``amplitude dt / h`` = 0.25), ``n_steps`` frames of rollout (t = 5). The coarse scheme is
     first-order Rusanov: its numerical viscosity ``~ |u| h / 2 ~ 0.1`` exceeds the physical one,
-    giving a 12-25 % relative L2 error at 100 steps for every viscosity (MUSCL/van Leer: 1.5-6 %,
+    giving a 10-25 % relative L2 error at 100 steps for every viscosity (MUSCL/van Leer: 1-7 %,
     too little for a correction to show). Training viscosities ``nu_train``; the test ones lie
     between and outside them (unseen). ``amplitude`` bounds ``max |u|``
     (:func:`random_initial_conditions`), ``k_max`` is the highest initial wavenumber.
@@ -124,9 +124,9 @@ def random_initial_conditions(
     n: int,
     gen: torch.Generator,
     *,
-    k_max: int = 3,
-    amplitude: float = 1.0,
-    length: float = 2 * math.pi,
+    k_max: int = DEFAULTS.k_max,
+    amplitude: float = DEFAULTS.amplitude,
+    length: float = DEFAULTS.length,
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -309,8 +309,8 @@ def reference_substeps(
 ) -> int:
     """Fine ETDRK4 steps per ``dt`` so that ``amplitude * (dt / substeps) / dx_fine <= courant``.
 
-    ``amplitude`` bounds ``max |u|`` (maximum principle). At the default 0.2 the time error is
-    below the spatial one at the defaults (docs/burgers-numerics.md)."""
+    ``amplitude`` bounds ``max |u|`` (maximum principle). At the default 0.2 the time error of a
+    default rollout is ~1e-11 (max over 100 frames, docs/burgers-numerics.md)."""
     if not (amplitude > 0 and dt > 0 and courant > 0):
         raise ValueError(
             f"amplitude, dt and courant must be positive, got {amplitude}, {dt}, {courant}"
@@ -323,7 +323,7 @@ def reference_trajectory(
     nu: float | torch.Tensor,
     dt: float,
     n_steps: int,
-    n_fine: int = 512,
+    n_fine: int = DEFAULTS.n_fine,
     *,
     n_coarse: int | None = None,
     substeps: int | None = None,
