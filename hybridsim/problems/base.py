@@ -277,7 +277,7 @@ BUILTIN = (
     "hybridsim.problems.lotka_volterra",
     "hybridsim.problems.tomography",
     "hybridsim.problems.navier_stokes",
-    # "hybridsim.problems.burgers",
+    "hybridsim.problems.burgers",
 )
 ENTRY_POINT_GROUP = "hybridsim.problems"
 _loaded = False
