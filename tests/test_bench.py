@@ -109,3 +109,69 @@ def test_committed_results_files_are_comparable():
             and data["machine"]["versions"]["torch"]
         )
         assert all(i["ours"]["n"] >= 1 for i in data["items"])
+
+
+# ---- the prepared GPU check, as far as a CPU allows --------------------------------------------
+needs_no_cuda = pytest.mark.skipif(
+    __import__("torch").cuda.is_available(), reason="checks the behaviour without CUDA"
+)
+
+
+@needs_no_cuda
+def test_gpu_check_without_cuda_fails_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), str(out)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no CUDA device" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists(), "nothing may run (or be written) without CUDA"
+
+
+@needs_no_cuda
+def test_gpu_bench_without_cuda_fails_in_one_line(tmp_path):
+    cmd = [sys.executable, str(BENCH / "gpu_bench.py"), "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1 and "no CUDA device" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_autocast_networks_keeps_the_solver_dtype():
+    import torch
+
+    gpu_bench = _module("gpu_bench")
+    net = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    ref = net(x)
+    gpu_bench.autocast_networks([net], torch.device("cpu"))
+    out = net(x)
+    assert out.dtype == torch.float32, "the solver must get its own dtype back"
+    assert not torch.equal(out, ref), "the network did not run in bfloat16"
+    assert torch.allclose(out, ref, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.slow
+def test_gpu_bench_code_path_on_cpu_at_tiny_sizes(tmp_path):
+    """Every part, eager and bf16, at tiny sizes on the CPU: the script the GPU check runs."""
+    cmd = [sys.executable, str(BENCH / "gpu_bench.py"), "--device", "cpu", "--tiny"]
+    cmd += ["--modes", "eager", "bf16", "--repeats", "1", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    gpu_bench = _module("gpu_bench")
+    assert set(summary["parts"]) == set(gpu_bench.PARTS)
+    for name, part in summary["parts"].items():
+        assert part["status"] == "ok", (name, part)
+        modes = {"eager"} if name in gpu_bench.NO_NETWORK else {"eager", "bf16"}
+        assert set(part["modes"]) == modes, (name, part["modes"])
+        for mode, m in part["modes"].items():
+            assert "error" not in m, (name, mode, m)
+            assert m["n"] >= 1 and 0 < m["min_s"] <= m["median_s"] <= m["max_s"]
+    table = (tmp_path / "summary.md").read_text()
+    assert all(f"| {name} | eager |" in table for name in gpu_bench.PARTS)
