@@ -90,6 +90,35 @@ def bench(size: int, batch: int, repeat: int, results: Results) -> None:
     )
     print_item(results.add(f"plain GD forward, 10 iterations {tag}", t_gd))
     print(f"  learned-GD step / plain GD forward: {t_step['median'] / t_gd['median']:.0f}x")
+    print_item(conv_layout(size, batch, repeat, model.correction, results))
+
+
+def conv_layout(size: int, batch: int, repeat: int, net: torch.nn.Module, results: Results) -> dict:
+    """The CT network alone, forward + backward on one iteration's input: channels_last (ours to
+    try) against the default NCHW layout (the peer), the same weights, in the same run."""
+    import copy
+
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(batch, first.in_channels, size, size)
+    nchw, cl = copy.deepcopy(net), copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def fwd_bwd(n, inp):
+        def run() -> None:
+            n.zero_grad(set_to_none=True)
+            n(inp).square().sum().backward()
+
+        return run
+
+    with torch.no_grad():
+        diff = float((nchw(x) - cl(x_cl)).abs().max())
+    return results.add(
+        f"CT network fwd+bwd {size}^2 batch {batch}, channels_last",
+        measure(fwd_bwd(cl, x_cl), repeat),
+        measure(fwd_bwd(nchw, x), repeat),
+        "the same network, NCHW",
+        note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
+    )
 
 
 def main() -> None:
