@@ -25,6 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import fmt_stats  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -184,6 +187,34 @@ def report(old_path: Path | None, new: dict, tolerance: float) -> int:
     return len(slow)
 
 
+def markdown(data: dict) -> str:
+    """The results file as a markdown table (what docs/benchmarks.md shows)."""
+    m = data["machine"]
+    v = m.get("versions", {})
+    lines = [
+        f"Machine: {m.get('cpu')} ({m.get('cores')} cores, shared; load average at the start "
+        f"{', '.join(f'{x:.1f}' for x in m.get('load_average') or [])}), "
+        f"{m.get('threads')} thread; "
+        f"torch {v.get('torch')}, torchdiffeq {v.get('torchdiffeq')}, torchode "
+        f"{v.get('torchode')}, scikit-image {v.get('scikit-image')}, phiflow {v.get('phiflow')}; "
+        f"commit {m.get('commit')}; {m.get('date')}" + ("; quick run" if data.get("quick") else ""),
+        "",
+        "| benchmark | work | hybridsim, median [min, max] (n) | peer in the same run | ratio "
+        "| note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i in data["items"]:
+        peer = "" if i["peer"] is None else f"{i['peer_name']}: {fmt_stats(i['peer'], i['unit'])}"
+        ratio = "" if i["ratio"] is None else f"{i['ratio']:.2f}x"
+        lines.append(
+            f"| {i.get('bench', '')} | {i['name']} | {fmt_stats(i['ours'], i['unit'])} | {peer} "
+            f"| {ratio} | {i.get('note') or ''} |"
+        )
+    if data.get("failed"):
+        lines.append(f"\nfailed: {', '.join(data['failed'])}")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run these only")
@@ -193,15 +224,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     parser.add_argument("--compare", type=Path, help="compare this results file; run nothing")
     parser.add_argument("--against", type=Path, help="instead of the last committed file")
+    parser.add_argument(
+        "--markdown", type=Path, help="print this results file as a table; run nothing"
+    )
     args = parser.parse_args()
     if not 0 <= args.tolerance < 1:
         parser.error(f"--tolerance must be in [0, 1), got {args.tolerance}")
-    for flag in ("compare", "against"):
+    for flag in ("compare", "against", "markdown"):
         path = getattr(args, flag)
         if path is not None and not path.is_file():
             print(f"run_all: --{flag}: no such file: {path}", file=sys.stderr)
             return 2
     try:
+        if args.markdown:
+            print(markdown(load(args.markdown)), end="")
+            return 0
         if args.compare:
             new = load(args.compare)
             old = args.against or last_committed(exclude=args.compare.resolve())

@@ -175,3 +175,13 @@ def test_gpu_bench_code_path_on_cpu_at_tiny_sizes(tmp_path):
             assert m["n"] >= 1 and 0 < m["min_s"] <= m["median_s"] <= m["max_s"]
     table = (tmp_path / "summary.md").read_text()
     assert all(f"| {name} | eager |" in table for name in gpu_bench.PARTS)
+
+
+def test_markdown_table_of_a_results_file(tmp_path):
+    data = _results([("a", 1.0, 10.0), ("b", 2.0, None)])
+    data["machine"].update(commit="abc", versions={"torch": "2"}, cores=2, threads=1)
+    text = run_all.markdown(data)
+    rows = [line for line in text.splitlines() if line.startswith("| b |")]
+    assert len(rows) == 2 and "10.00x" in rows[0] and "peer:" in rows[0]
+    assert rows[1].count("|") == 7 and "x |" not in rows[1]
+    assert "commit abc" in text
