@@ -32,7 +32,7 @@ from torch import nn
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Results, measure, print_item  # noqa: E402
+from common import Results, measure, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.nn.resnet import ResNet  # noqa: E402
 from hybridsim.numerics.grid import stack_staggered, unstack_staggered  # noqa: E402
@@ -49,7 +49,8 @@ def make_resnet(kernel: int = 3, dim: int = 2) -> nn.Module:
 
 
 # ---- hybridsim ------------------------------------------------------------------------------
-def ours_step(resolution, repeats):
+def ours_step(resolution):
+    """One no-grad wake step as a function (the flow developed past its start-up first)."""
     sc = wake(resolution, 200.0, cfl_warn=None)
     state = [sc.state]
     for _ in range(20):  # let the flow develop past the start-up transient
@@ -59,7 +60,7 @@ def ours_step(resolution, repeats):
         with torch.no_grad():
             state[0] = sc.solver.step(state[0], sc.dt)
 
-    return measure(run, repeats, warmup=2)
+    return run
 
 
 def _sol_setup(kernel: int, network: bool = True):
@@ -167,7 +168,7 @@ def ours_3d(n_steps: int, hybrid: bool = False) -> float:
 
 
 # ---- PhiFlow peer ---------------------------------------------------------------------------
-def phiflow_step(resolution, repeats):
+def phiflow_step(resolution):
     from phi.torch.flow import (
         ZERO_GRADIENT,
         Box,
@@ -201,14 +202,12 @@ def phiflow_step(resolution, repeats):
     def run():
         state[:] = step(*state)
 
-    return measure(run, repeats, warmup=2)
+    return run
 
 
-def phiflow_sol(
-    n_unroll: int, kernel: int, repeats: int, jit: bool
-) -> tuple[dict, float, torch.Tensor]:
+def phiflow_sol(n_unroll: int, kernel: int, jit: bool) -> tuple:
     """PhiFlow SOL-n iteration (torch backend; its CG has an implicit gradient too), the physics
-    step eager or under ``jit_compile``; returns (timing, seconds of the first call, which
+    step eager or under ``jit_compile``; returns (the iteration, seconds of its first call, which
     includes tracing under JIT, the network's gradient after that call: eager and JIT must
     agree, or the JIT path would not be training through the physics)."""
     from phi.torch.flow import (
@@ -280,7 +279,7 @@ def phiflow_sol(
     run()
     first = time.perf_counter() - t0
     grad = torch.cat([q.grad.flatten() for q in net.parameters()])
-    return measure(run, repeats, warmup=1), first, grad
+    return run, first, grad
 
 
 def phiflow_3d_buildable() -> str:
@@ -337,50 +336,48 @@ def main() -> None:
     results = Results("fluid")
 
     for res in ((64, 32), (128, 64)):
-        ours = ours_step(res, args.repeats)
-        peer = phiflow_step(res, args.repeats) if phi else None
+        fns = {"ours": ours_step(res)}
+        if phi:
+            fns["peer"] = phiflow_step(res)
+        stats = measure_interleaved(fns, args.repeats, warmup=2)  # alternating calls
         print_item(
             results.add(
                 f"wake step {res[0]}x{res[1]}",
-                ours,
-                peer,
+                stats["ours"],
+                stats.get("peer"),
                 "PhiFlow 3.4 jit_compile",
                 note="no_grad",
             )
         )
 
-    sol_repeats = max(5, args.repeats // 2)
-    peer_repeats = max(3, args.repeats // 6)
+    peer_repeats = max(3, args.repeats // 4)
     for n_unroll in (4, 16):
         run, n_params = ours_sol(n_unroll, args.repeats, args.kernel)
-        ours = measure(run, sol_repeats, warmup=2)
         zero_net, _ = ours_sol(n_unroll, 1, args.kernel, network=False)
-        solver_part = measure(zero_net, sol_repeats, warmup=2)
+        solver_part = measure(zero_net, max(5, args.repeats // 2), warmup=2)
         name = f"SOL-{n_unroll} iteration, batch 3, ResNet {n_params // 1000}k"
+        fns, notes, grads = {"ours": run}, {}, {}
+        for jit in (False, True) if phi else ():
+            label = "PhiFlow 3.4 jit_compile" if jit else "PhiFlow 3.4 eager"
+            got, failure = _peer_or_failure(partial(phiflow_sol, n_unroll, args.kernel, jit))
+            if failure:
+                notes[label] = f"peer fails: {failure}"
+                continue
+            fns[label], first, grads[label] = got
+            notes[label] = f"peer first call {first:.3g} s"
+        # ours and the peers alternate call by call (same load); fewer repeats with PhiFlow
+        stats = measure_interleaved(fns, peer_repeats if len(fns) > 1 else args.repeats // 2)
+        ours = stats.pop("ours")
         note = f"solver part {solver_part['median']:.3g} s"
+        if len(grads) == 2:
+            g_eager, g_jit = grads.values()
+            rel = float((g_jit - g_eager).norm() / g_eager.norm())
+            note += f"; |grad JIT - grad eager| / |grad eager| = {rel:.1e}"
         if not phi:
             print_item(results.add(name, ours, note=note))
-            continue
-        eager_grad = None
-        for jit in (False, True):
-            label = "PhiFlow 3.4 jit_compile" if jit else "PhiFlow 3.4 eager"
-            got, failure = _peer_or_failure(
-                partial(phiflow_sol, n_unroll, args.kernel, peer_repeats, jit)
-            )
-            if failure:
-                print_item(results.add(f"{name} vs {label}", ours, note=f"peer fails: {failure}"))
-                continue
-            peer, first, grad = got
-            if jit and eager_grad is not None:
-                rel = float((grad - eager_grad).norm() / eager_grad.norm())
-                note += f"; |grad JIT - grad eager| / |grad eager| = {rel:.1e}"
-            eager_grad = grad
+        for label, peer_note in notes.items():
             item = results.add(
-                f"{name} vs {label}",
-                ours,
-                peer,
-                label,
-                note=f"{note}; peer first call {first:.3g} s",
+                f"{name} vs {label}", ours, stats.get(label), label, note=f"{note}; {peer_note}"
             )
             print_item(item)
 
@@ -410,6 +407,23 @@ def main() -> None:
             "100 hybrid 3D steps 64x32x32, 3D ResNet",
             {"median": sorted(hybrid)[1], "min": min(hybrid), "max": max(hybrid), "n": repeats_3d},
             note="10 steps per repeat, times 10",
+        )
+    )
+    net3d = make_resnet(3, dim=3)
+    x3d = torch.randn(1, 4, 32, 32, 64)
+    cl3d = make_resnet(3, dim=3).to(memory_format=torch.channels_last_3d)
+    cl3d.load_state_dict(net3d.state_dict())
+    x_cl = x3d.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        diff = float((net3d(x3d) - cl3d(x_cl)).abs().max())
+        layouts = measure_interleaved({"cl": lambda: cl3d(x_cl), "nc": lambda: net3d(x3d)}, 3)
+    print_item(
+        results.add(
+            "3D ResNet forward 64x32x32, channels_last_3d",
+            layouts["cl"],
+            layouts["nc"],
+            "the same network, NCDHW",
+            note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
         )
     )
     if phi:

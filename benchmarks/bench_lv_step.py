@@ -20,7 +20,7 @@ import torch
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Results, best_of_rounds, measure, print_item  # noqa: E402
+from common import Results, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig  # noqa: E402
 from hybridsim.problems.lotka_volterra import LotkaVolterra  # noqa: E402
@@ -100,12 +100,10 @@ def main() -> int:
         ref = model(u0, t)
         diffs = {k: float((fn() - ref).abs().max()) for k, fn in cases.items()}
 
-    # Two interleaved rounds, best median of each: drift in machine load affects all alike.
-    rounds = {k: [] for k in cases}
-    for _ in range(2):
-        for k, fn in cases.items():
-            rounds[k].append(measure(lambda fn=fn: loss_step(fn), args.repeats, warmup=3))
-    stats = {k: best_of_rounds(v) for k, v in rounds.items()}
+    # The cases alternate call by call: drift in machine load affects all alike.
+    stats = measure_interleaved(
+        {k: (lambda fn=fn: loss_step(fn)) for k, fn in cases.items()}, args.repeats, warmup=3
+    )
     print(
         f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "
         f"1 thread, torch {torch.__version__}"

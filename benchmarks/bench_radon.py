@@ -26,7 +26,7 @@ except ImportError:
     sys.exit(0)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Results, measure, print_item, scaled  # noqa: E402
+from common import Results, measure_interleaved, print_item, scaled  # noqa: E402
 
 from hybridsim.numerics.phantoms import random_phantoms  # noqa: E402
 from hybridsim.numerics.radon import RayTransform  # noqa: E402
@@ -47,7 +47,6 @@ def main() -> None:
     images = random_phantoms(BATCH, N, np.random.default_rng(0), dtype=torch.float32)
     results = Results("radon")
     print(f"ray transform, {N}x{N}, batch {BATCH} (float32), 1 thread; times per image")
-    peer_repeats = max(3, args.repeats // 2)
     for n_angles in (30, 180):
         t0 = time.perf_counter()
         op = RayTransform(N, angles=n_angles)
@@ -56,14 +55,22 @@ def main() -> None:
         theta = np.rad2deg(op.angles)
         imgs = images[:PEER_IMAGES].double().numpy()
         sk_sino = [radon(im, theta, circle=False) for im in imgs]
-        ours_fwd = measure(lambda op=op: op.A(images), args.repeats)
-        sk_fwd = measure(
-            lambda t=theta, ims=imgs: [radon(im, t, circle=False) for im in ims], peer_repeats
+        # ours and the peer alternate call by call: both see the same machine load
+        fwd = measure_interleaved(
+            {
+                "ours": lambda op=op: op.A(images),
+                "peer": lambda t=theta, ims=imgs: [radon(im, t, circle=False) for im in ims],
+            },
+            args.repeats,
         )
-        ours_adj = measure(lambda op=op, s=sino: op.A_adjoint(s), args.repeats)
-        sk_adj = measure(
-            lambda t=theta, ss=sk_sino: [unfiltered_bp(s, t) for s in ss], peer_repeats
+        adj = measure_interleaved(
+            {
+                "ours": lambda op=op, s=sino: op.A_adjoint(s),
+                "peer": lambda t=theta, ss=sk_sino: [unfiltered_bp(s, t) for s in ss],
+            },
+            args.repeats,
         )
+        ours_fwd, sk_fwd, ours_adj, sk_adj = fwd["ours"], fwd["peer"], adj["ours"], adj["peer"]
         note = f"per image; matrix build {build:.2f} s"
         for what, ours, peer, name in (
             ("forward", ours_fwd, sk_fwd, "skimage radon"),

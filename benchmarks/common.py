@@ -35,6 +35,26 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict:
     return summary(times)
 
 
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, dict]:
+    """``measure`` for several functions at once, their timed calls alternating (a, b, a, b,
+    ...), so that a change in machine load hits every one of them alike and their ratio holds
+    even on a busy shared machine."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: summary(v) for k, v in times.items()}
+
+
 def summary(times: list[float]) -> dict:
     """``{"median", "min", "max", "n"}`` of a list of timings (seconds)."""
     return {
@@ -48,13 +68,6 @@ def summary(times: list[float]) -> dict:
 def scaled(stats: dict, factor: float) -> dict:
     """The same statistics divided by ``factor`` (e.g. per image of a batch)."""
     return {**stats, **{k: stats[k] / factor for k in ("median", "min", "max")}}
-
-
-def best_of_rounds(rounds: list[dict]) -> dict:
-    """Of several interleaved rounds of one measurement, the round with the lowest median
-    (drift in machine load hits every case of a round alike); its range, all repeats' n."""
-    best = min(rounds, key=lambda s: s["median"])
-    return {**best, "n": sum(r["n"] for r in rounds)}
 
 
 class Results:

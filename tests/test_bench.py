@@ -58,8 +58,15 @@ def test_ratio_and_scaling():
     assert res.add("y", _stats(1.0))["ratio"] is None
     per = common.scaled({"median": 4.0, "min": 2.0, "max": 8.0, "n": 3}, 4)
     assert per == {"median": 1.0, "min": 0.5, "max": 2.0, "n": 3}
-    best = common.best_of_rounds([_stats(3.0), _stats(2.0)])
-    assert best["median"] == 2.0 and best["n"] == 2
+
+
+def test_interleaved_measurement_alternates_calls():
+    order = []
+    stats = common.measure_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1
+    )
+    assert order == ["a", "b"] + ["a", "b"] * 3
+    assert stats["a"]["n"] == stats["b"]["n"] == 3
 
 
 def test_compare_flags_a_ratio_slowdown_beyond_the_tolerance_only():
