@@ -19,7 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Results, measure, print_item  # noqa: E402
+from common import Results, measure, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig  # noqa: E402
 from hybridsim.problems.tomography import Tomography  # noqa: E402
@@ -112,10 +112,11 @@ def conv_layout(size: int, batch: int, repeat: int, net: torch.nn.Module, result
 
     with torch.no_grad():
         diff = float((nchw(x) - cl(x_cl)).abs().max())
+    both = measure_interleaved({"cl": fwd_bwd(cl, x_cl), "nchw": fwd_bwd(nchw, x)}, repeat)
     return results.add(
         f"CT network fwd+bwd {size}^2 batch {batch}, channels_last",
-        measure(fwd_bwd(cl, x_cl), repeat),
-        measure(fwd_bwd(nchw, x), repeat),
+        both["cl"],
+        both["nchw"],
         "the same network, NCHW",
         note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
     )

@@ -206,9 +206,10 @@ def markdown(data: dict) -> str:
     for i in data["items"]:
         peer = "" if i["peer"] is None else f"{i['peer_name']}: {fmt_stats(i['peer'], i['unit'])}"
         ratio = "" if i["ratio"] is None else f"{i['ratio']:.2f}x"
+        note = (i.get("note") or "").replace("|", "\\|")  # a cell may not hold a bare |
         lines.append(
             f"| {i.get('bench', '')} | {i['name']} | {fmt_stats(i['ours'], i['unit'])} | {peer} "
-            f"| {ratio} | {i.get('note') or ''} |"
+            f"| {ratio} | {note} |"
         )
     if data.get("failed"):
         lines.append(f"\nfailed: {', '.join(data['failed'])}")
