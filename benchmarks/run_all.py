@@ -155,12 +155,15 @@ def compare(old: dict, new: dict, tolerance: float) -> tuple[list[str], list[str
             )
             if change < 1 - tolerance:
                 slow.append("SLOWER " + line)
+            else:
+                notes.append("ok " + line)
         elif item["ours"]["median"] > (1 + tolerance) * ref["ours"]["median"]:
             notes.append(
                 f"slower in absolute time (no peer; machine load counts): {item['name']}: "
                 f"{item['ours']['median']:.4g} {item['unit']}, was {ref['ours']['median']:.4g}"
             )
-    missing = sorted({k[1] for k in before} - {i["name"] for i in new["items"]})
+    run = {i.get("bench") for i in new["items"]}  # benchmarks left out by --only are not missing
+    missing = sorted({k[1] for k in before if k[0] in run} - {i["name"] for i in new["items"]})
     notes += [f"not measured this time: {name}" for name in missing]
     return slow, notes
 

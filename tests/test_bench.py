@@ -78,6 +78,11 @@ def test_compare_flags_a_ratio_slowdown_beyond_the_tolerance_only():
     assert any("absolute time" in n and "c:" in n for n in notes)
     assert any("new item" in n and "new" in n for n in notes)
     assert any("not measured" in n and "gone" in n for n in notes)
+    assert any(n.startswith("ok b:") for n in notes)
+    other = _results([("x", 1.0, 2.0)])
+    for it in other["items"]:
+        it["bench"] = "other"  # a benchmark left out of this run is not reported missing
+    assert not any("not measured" in n for n in run_all.compare(other, new, 0.3)[1])
     # the machine twice as loaded slows hybridsim and the peer alike: no slowdown
     loaded = _results([("a", 2.0, 20.0), ("b", 2.0, 20.0)])
     assert run_all.compare(old, loaded, tolerance=0.3)[0] == []
