@@ -1,7 +1,7 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install test test-fast lint format bench results demo-lv demo-ct demo-ns clean
+.PHONY: install test test-fast lint format bench gpu-check results demo-lv demo-ct demo-ns clean
 
 install:  ## install hybridsim with its dev tools, sweepers/launchers and trackers (editable)
 	$(PIP) install -e ".[dev,sweep,tracking]"
@@ -20,8 +20,11 @@ format:
 	$(PYTHON) -m ruff format hybridsim tests benchmarks
 	$(PYTHON) -m ruff check --fix hybridsim tests benchmarks
 
-bench:  ## benchmarks against the named peers (needs: pip install -e ".[bench]")
-	$(PYTHON) benchmarks/run_all.py
+bench:  ## benchmarks against measured peers -> benchmarks/results/*.json, compared with the last committed file (needs: pip install -e ".[bench]"; BENCH_ARGS="--quick", "--strict", "--only radon")
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PYTHON) benchmarks/run_all.py $(BENCH_ARGS)
+
+gpu-check:  ## the prepared CUDA check (gpu tests, paper-scale steps) into $(GPU_OUT); fails clearly without CUDA
+	bash benchmarks/gpu_check.sh $(GPU_OUT)
 
 results:  ## the sweeps behind every README figure, their reports, the README's result blocks
 	$(PYTHON) docs/results/make_results.py $(RESULTS_ARGS)

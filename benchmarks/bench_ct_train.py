@@ -1,36 +1,50 @@
 """One learned-gradient-descent training step (forward + backward + RMSProp through 10 unrolled
 iterations), one learned primal-dual step, and drawing a batch of fresh phantoms, against the
 physics alone in the same run: 10 plain descent iterations (forward only), so the ratio shows
-what the networks cost.
+what the networks cost. One profiled step splits the learned-GD step's time into the ray
+transform (forward and adjoint, with their backward) and the convolutions.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_ct_train.py [--size 64] [--batch 8]
+    OMP_NUM_THREADS=1 python benchmarks/bench_ct_train.py [--size 64 128] [--batch 8 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Results, measure, measure_interleaved, print_item  # noqa: E402
+
 from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig  # noqa: E402
 from hybridsim.problems.tomography import Tomography  # noqa: E402
 
 
-def best_of(fn, repeat: int) -> float:
-    fn()  # warm-up (builds the CSR copies, allocator)
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def profile_split(fn) -> dict[str, float]:
+    """Fractions of one call's CPU time in the ray transform and in the convolutions."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    # the sparse products are the only users of _SparseApply (forward and its backward)
+    radon = sum(e.cpu_time_total for e in events if e.key in ("_SparseApply",))
+    radon += sum(e.cpu_time_total for e in events if e.key == "_SparseApplyBackward")
+    conv = sum(
+        e.self_cpu_time_total
+        for e in events
+        if "convolution" in e.key and e.key.startswith("aten::")
+    )
+    return {"ray_transform": radon / total, "convolutions": conv / total}
 
 
-def bench(size: int, batch: int, repeat: int) -> None:
+def bench(size: int, batch: int, repeat: int, results: Results) -> None:
     net = CorrectionConfig(name="convnet", kind="convnet", activation="relu")
     none = CorrectionConfig(name="none", kind="none")
     solver = CTSolverConfig(name="gd", n_iter=10)
@@ -53,21 +67,58 @@ def bench(size: int, batch: int, repeat: int) -> None:
 
         return train_step
 
-    train_step = step_of(model)
-
     def descent() -> None:
         with torch.no_grad():
             plain(b.inputs["sinogram"])
 
-    t_step = best_of(train_step, repeat)
-    t_lpd = best_of(step_of(lpd), repeat)
-    t_draw = best_of(lambda: problem.batch(data, batch, -1, gen), repeat)
-    t_gd = best_of(descent, repeat)
-    print(
-        f"{size}², batch {batch:3d}: learned-GD train step {1e3 * t_step:8.1f} ms "
-        f"({1e3 * t_step / batch:.1f} ms/image); learned primal-dual {1e3 * t_lpd:8.1f} ms; "
-        f"fresh batch {1e3 * t_draw:6.1f} ms; plain GD forward {1e3 * t_gd:7.1f} ms; "
-        f"ratio {t_step / t_gd:.0f}x"
+    train_step = step_of(model)
+    t_step = measure(train_step, repeat)
+    t_gd = measure(descent, repeat)
+    split = profile_split(train_step)
+    note = (
+        f"{100 * split['ray_transform']:.0f} % ray transform, "
+        f"{100 * split['convolutions']:.0f} % convolutions (one profiled step)"
+    )
+    tag = f"{size}^2 batch {batch}"
+    print_item(results.add(f"learned-GD train step {tag}", t_step, note=note))
+    print_item(results.add(f"learned primal-dual train step {tag}", measure(step_of(lpd), repeat)))
+    print_item(
+        results.add(
+            f"fresh phantom batch {tag}",
+            measure(lambda: problem.batch(data, batch, -1, gen), repeat),
+        )
+    )
+    print_item(results.add(f"plain GD forward, 10 iterations {tag}", t_gd))
+    print(f"  learned-GD step / plain GD forward: {t_step['median'] / t_gd['median']:.0f}x")
+    print_item(conv_layout(size, batch, repeat, model.correction, results))
+
+
+def conv_layout(size: int, batch: int, repeat: int, net: torch.nn.Module, results: Results) -> dict:
+    """The CT network alone, forward + backward on one iteration's input: channels_last (ours to
+    try) against the default NCHW layout (the peer), the same weights, in the same run."""
+    import copy
+
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(batch, first.in_channels, size, size)
+    nchw, cl = copy.deepcopy(net), copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def fwd_bwd(n, inp):
+        def run() -> None:
+            n.zero_grad(set_to_none=True)
+            n(inp).square().sum().backward()
+
+        return run
+
+    with torch.no_grad():
+        diff = float((nchw(x) - cl(x_cl)).abs().max())
+    both = measure_interleaved({"cl": fwd_bwd(cl, x_cl), "nchw": fwd_bwd(nchw, x)}, repeat)
+    return results.add(
+        f"CT network fwd+bwd {size}^2 batch {batch}, channels_last",
+        both["cl"],
+        both["nchw"],
+        "the same network, NCHW",
+        note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
     )
 
 
@@ -76,11 +127,16 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 20])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", help="write the work items here")
     args = parser.parse_args()
+    if len(args.size) != len(args.batch):
+        parser.error("--size and --batch need the same number of values")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, float32, 10 iterations")
+    results = Results("ct_train")
     for size, batch in zip(args.size, args.batch, strict=True):
-        bench(size, batch, args.repeat)
+        bench(size, batch, args.repeat, results)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
 """Benchmark of the Navier–Stokes numerics against PhiFlow 3.4 (torch backend), same run.
 
-Measures (torch pinned to one thread, medians over repeats):
-  1. one step of the coarse 2D wake at 64x32 and 128x64 (float32);
-  2. one SOL-4 training iteration (batch 3): 4 unrolled steps, a ResNet correction after each,
-     L2 loss, backward, Adam step;
-  3. 100 steps of the 3D wake on 64x32x32 cells;
-  4. peak memory of SOL-32 (gradient checkpointing every 4 steps) vs SOL-4 (torch profiler).
-The peer is PhiFlow 3.4 with ``Solve('CG', 1e-3, 1e-3)`` (Um et al., 2020, used PhiFlow); where
-it is not installed, the figures quoted in docs/REFERENCES.md are printed, labelled as quoted.
+Measures (torch pinned to one thread, medians [min, max] over repeats):
+  1. one step of the coarse 2D wake at 64x32 and 128x64 (float32), against PhiFlow's
+     ``jit_compile``d step;
+  2. one SOL-4 and one SOL-16 training iteration (batch 3): n unrolled steps, a ResNet correction
+     after each, L2 loss, backward, Adam step; against PhiFlow eager and PhiFlow with its physics
+     step under ``jit_compile`` (torch backend), the same torch ResNet in all three;
+  3. the 3D wake on 64x32x32 cells (65,536), plain and with a 3D ResNet after every step;
+  4. peak memory of SOL-32 (gradient checkpointing every 4 steps) vs SOL-4.
+The peer is PhiFlow 3.4 with ``Solve('CG', 1e-3, 1e-3)`` (Um et al., 2020, used PhiFlow), measured
+in the same run; no figure is quoted. Without PhiFlow only hybridsim's times are recorded.
 
-Run: ``python benchmarks/bench_fluid.py [--no-phiflow] [--repeats N]``.
+Run: ``python benchmarks/bench_fluid.py [--no-phiflow] [--repeats N] [--json PATH]``.
 """
 
 from __future__ import annotations
@@ -18,23 +20,25 @@ import argparse
 import ctypes
 import gc
 import os
-import statistics
 import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Results, measure, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.nn.resnet import ResNet  # noqa: E402
 from hybridsim.numerics.grid import stack_staggered, unstack_staggered  # noqa: E402
 from hybridsim.numerics.rollout import GradientMode, rollout  # noqa: E402
 from hybridsim.numerics.scenarios import wake, wake3d  # noqa: E402
 
-QUOTED = {"step64": 0.034, "step128": 0.087, "sol4": 0.74, "step3d": 0.28}
 REYNOLDS = [97.7, 390.6, 1562.5]
 
 
@@ -44,19 +48,9 @@ def make_resnet(kernel: int = 3, dim: int = 2) -> nn.Module:
     return ResNet(dim + 1, dim, (32, 32, 32), kernel, dim=dim)
 
 
-def _median_time(fn, repeats: int, warmup: int = 2) -> tuple[float, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), min(times)
-
-
 # ---- hybridsim ------------------------------------------------------------------------------
-def ours_step(resolution, repeats):
+def ours_step(resolution):
+    """One no-grad wake step as a function (the flow developed past its start-up first)."""
     sc = wake(resolution, 200.0, cfl_warn=None)
     state = [sc.state]
     for _ in range(20):  # let the flow develop past the start-up transient
@@ -66,7 +60,7 @@ def ours_step(resolution, repeats):
         with torch.no_grad():
             state[0] = sc.solver.step(state[0], sc.dt)
 
-    return _median_time(run, repeats)
+    return run
 
 
 def _sol_setup(kernel: int, network: bool = True):
@@ -174,7 +168,7 @@ def ours_3d(n_steps: int, hybrid: bool = False) -> float:
 
 
 # ---- PhiFlow peer ---------------------------------------------------------------------------
-def phiflow_step(resolution, repeats):
+def phiflow_step(resolution):
     from phi.torch.flow import (
         ZERO_GRADIENT,
         Box,
@@ -208,11 +202,14 @@ def phiflow_step(resolution, repeats):
     def run():
         state[:] = step(*state)
 
-    return _median_time(run, repeats)
+    return run
 
 
-def phiflow_sol4(kernel: int, repeats: int) -> float:
-    """PhiFlow SOL-4 iteration, eager torch backend (its CG has an implicit gradient too)."""
+def phiflow_sol(n_unroll: int, kernel: int, jit: bool) -> tuple:
+    """PhiFlow SOL-n iteration (torch backend; its CG has an implicit gradient too), the physics
+    step eager or under ``jit_compile``; returns (the iteration, seconds of its first call, which
+    includes tracing under JIT, the network's gradient after that call: eager and JIT must
+    agree, or the JIT path would not be training through the physics)."""
     from phi.torch.flow import (
         ZERO_GRADIENT,
         Box,
@@ -225,6 +222,7 @@ def phiflow_sol4(kernel: int, repeats: int) -> float:
         diffuse,
         dual,
         fluid,
+        jit_compile,
         math,
         spatial,
         vec,
@@ -236,11 +234,12 @@ def phiflow_sol4(kernel: int, repeats: int) -> float:
     v = StaggeredGrid(vec(x=1, y=0), boundary, x=64, y=32, bounds=Box(x=200, y=100))
     v, p = fluid.make_incompressible(v * math.ones(batch(b=3)), obstacle, Solve("CG", 1e-3, 1e-3))
 
-    def step(v, p):
+    def eager_step(v, p):
         v = diffuse.explicit(v, nus, 1.0)
         v = advect.semi_lagrangian(v, v, 1.0)
         return fluid.make_incompressible(v, obstacle, Solve("CG", 1e-3, 1e-3, x0=p))
 
+    step = jit_compile(eager_step) if jit else eager_step
     torch.manual_seed(0)
     net = make_resnet(kernel)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
@@ -260,10 +259,10 @@ def phiflow_sol4(kernel: int, repeats: int) -> float:
 
     with torch.no_grad():
         for _ in range(10):
-            v, p = step(v, p)
+            v, p = eager_step(v, p)
         targets, vt, pt = [], v, p
-        for _ in range(4):
-            vt, pt = step(vt, pt)
+        for _ in range(n_unroll):
+            vt, pt = eager_step(vt, pt)
             targets.append(native(vt))
 
     def run():
@@ -273,10 +272,14 @@ def phiflow_sol4(kernel: int, repeats: int) -> float:
             vv, pp = step(vv, pp)
             vv = correct(vv)
             loss = loss + ((native(vv) - t) ** 2).mean()
-        (loss / 4).backward()
+        (loss / n_unroll).backward()
         opt.step()
 
-    return _median_time(run, repeats, warmup=1)[0]
+    t0 = time.perf_counter()
+    run()
+    first = time.perf_counter() - t0
+    grad = torch.cat([q.grad.flatten() for q in net.parameters()])
+    return run, first, grad
 
 
 def phiflow_3d_buildable() -> str:
@@ -302,11 +305,21 @@ def phiflow_3d_buildable() -> str:
         return f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}"
 
 
+def _peer_or_failure(fn):
+    """``(result, None)`` or ``(None, "ExcType: first line")``: a peer that cannot run this
+    work item is recorded as such, never replaced by a quoted figure."""
+    try:
+        return fn(), None
+    except Exception as exc:  # the peer's limitation is the measurement here
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--no-phiflow", action="store_true")
     parser.add_argument("--kernel", type=int, default=3, help="ResNet kernel size (3: ~47k)")
+    parser.add_argument("--json", help="write the work items here")
     parser.add_argument("--mem-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mem_child:
@@ -318,55 +331,104 @@ def main() -> None:
             import phi.torch.flow  # noqa: F401
         except ImportError:
             phi = False
-    peer = "PhiFlow 3.4 (measured)" if phi else "PhiFlow 3.4 (QUOTED from REFERENCES.md)"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32; peer: {peer}")
+            print("bench_fluid: PhiFlow is not installed (pip install -e '.[bench]'): no peer")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32")
+    results = Results("fluid")
 
-    for res, key in (((64, 32), "step64"), ((128, 64), "step128")):
-        med, best = ours_step(res, args.repeats)
-        other = phiflow_step(res, args.repeats)[0] if phi else QUOTED[key]
-        print(
-            f"wake step {res[0]}x{res[1]}: hybridsim {med * 1e3:6.2f} ms (min {best * 1e3:.2f})"
-            f" | peer {other * 1e3:6.1f} ms | ratio {other / med:5.1f}x"
+    for res in ((64, 32), (128, 64)):
+        fns = {"ours": ours_step(res)}
+        if phi:
+            fns["peer"] = phiflow_step(res)
+        stats = measure_interleaved(fns, args.repeats, warmup=2)  # alternating calls
+        print_item(
+            results.add(
+                f"wake step {res[0]}x{res[1]}",
+                stats["ours"],
+                stats.get("peer"),
+                "PhiFlow 3.4 jit_compile",
+                note="no_grad",
+            )
         )
 
-    run, n_params = ours_sol(4, args.repeats, args.kernel)
-    med, best = _median_time(run, max(5, args.repeats // 2))
-    zero_net, _ = ours_sol(4, 1, args.kernel, network=False)
-    solver_med, _ = _median_time(zero_net, max(5, args.repeats // 2))
-    print(
-        f"SOL-4 iteration (batch 3, ResNet {n_params} params, {args.kernel}x{args.kernel}): "
-        f"hybridsim {med:.3f} s (min {best:.3f}; solver part {solver_med:.3f} s)"
-    )
-    if phi:
-        other = phiflow_sol4(args.kernel, max(3, args.repeats // 4))
-        print(
-            f"  peer PhiFlow eager (no JIT), same torch ResNet: {other:.3f} s | ratio "
-            f"{other / med:.1f}x"
-        )
-    print(f"  peer PhiFlow JIT {QUOTED['sol4']:.2f} s (QUOTED) | ratio {QUOTED['sol4'] / med:.1f}x")
+    peer_repeats = max(3, args.repeats // 4)
+    for n_unroll in (4, 16):
+        run, n_params = ours_sol(n_unroll, args.repeats, args.kernel)
+        zero_net, _ = ours_sol(n_unroll, 1, args.kernel, network=False)
+        solver_part = measure(zero_net, max(5, args.repeats // 2), warmup=2)
+        name = f"SOL-{n_unroll} iteration, batch 3, ResNet {n_params // 1000}k"
+        fns, notes, grads = {"ours": run}, {}, {}
+        for jit in (False, True) if phi else ():
+            label = "PhiFlow 3.4 jit_compile" if jit else "PhiFlow 3.4 eager"
+            got, failure = _peer_or_failure(partial(phiflow_sol, n_unroll, args.kernel, jit))
+            if failure:
+                notes[label] = f"peer fails: {failure}"
+                continue
+            fns[label], first, grads[label] = got
+            notes[label] = f"peer first call {first:.3g} s"
+        # ours and the peers alternate call by call (same load); fewer repeats with PhiFlow
+        stats = measure_interleaved(fns, peer_repeats if len(fns) > 1 else args.repeats // 2)
+        ours = stats.pop("ours")
+        note = f"solver part {solver_part['median']:.3g} s"
+        if len(grads) == 2:
+            g_eager, g_jit = grads.values()
+            rel = float((g_jit - g_eager).norm() / g_eager.norm())
+            note += f"; |grad JIT - grad eager| / |grad eager| = {rel:.1e}"
+        if not phi:
+            print_item(results.add(name, ours, note=note))
+        for label, peer_note in notes.items():
+            item = results.add(
+                f"{name} vs {label}", ours, stats.get(label), label, note=f"{note}; {peer_note}"
+            )
+            print_item(item)
 
     m4 = peak_memory(4, 0, args.kernel)
     m32 = peak_memory(32, 4, args.kernel)
     m32f = peak_memory(32, 0, args.kernel)
-    print(
-        f"peak memory growth of one iteration: SOL-4 {m4 / 2**20:.1f} MiB, SOL-32 checkpoint(4)"
-        f" {m32 / 2**20:.1f} MiB ({m32 / m4:.2f}x SOL-4), SOL-32 full {m32f / 2**20:.1f} MiB "
-        f"({m32f / m4:.2f}x)"
-    )
+    for name, m in (
+        ("peak memory growth SOL-4", m4),
+        ("peak memory growth SOL-32 checkpoint(4)", m32),
+        ("peak memory growth SOL-32 full", m32f),
+    ):
+        mib = m / 2**20
+        print_item(results.add(name, {"median": mib, "min": mib, "max": mib, "n": 1}, unit="MiB"))
 
-    per_step = ours_3d(100)
-    print(
-        f"3D wake 64x32x32, 100 steps: hybridsim {per_step * 1e3:.1f} ms/step "
-        f"({per_step * 100:.1f} s total) | peer {QUOTED['step3d'] * 1e3:.0f} ms/step (QUOTED) | "
-        f"ratio {QUOTED['step3d'] / per_step:.1f}x"
+    repeats_3d = 3
+    plain = [ours_3d(20) for _ in range(repeats_3d)]
+    print_item(
+        results.add(
+            "3D wake 64x32x32 step",
+            {"median": sorted(plain)[1], "min": min(plain), "max": max(plain), "n": repeats_3d},
+            note="20 steps per repeat, no_grad",
+        )
     )
-    hybrid_step = ours_3d(10, hybrid=True)  # 10 steps timed; the 3D ResNet dominates
-    print(
-        f"3D wake 64x32x32 with a 3D ResNet after each step: {hybrid_step * 1e3:.0f} ms/step, "
-        f"100 hybrid steps {hybrid_step * 100:.1f} s (the lecture quotes ~15 s per 100 steps)"
+    hybrid = [ours_3d(10, hybrid=True) * 100 for _ in range(repeats_3d)]
+    print_item(
+        results.add(
+            "100 hybrid 3D steps 64x32x32, 3D ResNet",
+            {"median": sorted(hybrid)[1], "min": min(hybrid), "max": max(hybrid), "n": repeats_3d},
+            note="10 steps per repeat, times 10",
+        )
+    )
+    net3d = make_resnet(3, dim=3)
+    x3d = torch.randn(1, 4, 32, 32, 64)
+    cl3d = make_resnet(3, dim=3).to(memory_format=torch.channels_last_3d)
+    cl3d.load_state_dict(net3d.state_dict())
+    x_cl = x3d.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        diff = float((net3d(x3d) - cl3d(x_cl)).abs().max())
+        layouts = measure_interleaved({"cl": lambda: cl3d(x_cl), "nc": lambda: net3d(x3d)}, 3)
+    print_item(
+        results.add(
+            "3D ResNet forward 64x32x32, channels_last_3d",
+            layouts["cl"],
+            layouts["nc"],
+            "the same network, NCDHW",
+            note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
+        )
     )
     if phi:
-        print(f"PhiFlow 3D 64x32x32 (65,536 cells): {phiflow_3d_buildable()}")
+        print(f"  PhiFlow 3D 64x32x32 (65,536 cells): {phiflow_3d_buildable()}")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

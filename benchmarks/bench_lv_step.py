@@ -1,36 +1,63 @@
 """One UDE training step (forward + backward, batch of 64 windows of 20 RK4 steps) against
-torchdiffeq's rk4 on the same networks and step count, measured in the same run.
+torchdiffeq's and torchode's rk4 on the same networks and step count, in the same run.
 
-    python benchmarks/bench_lv_step.py            (needs: pip install -e ".[bench]")
+    python benchmarks/bench_lv_step.py [--json PATH]   (needs: pip install -e ".[bench]")
 
-Prints medians and the ratio torchdiffeq / hybridsim (> 1: hybridsim is faster). Threads are
-pinned to one: on a shared 2-core machine oversubscription distorts timings by 10x or more.
+Prints medians [min, max] and the ratio peer / hybridsim (> 1: hybridsim is faster). Threads
+are pinned to one: on a shared 2-core machine oversubscription distorts timings by 10x or more.
+torchode has no classical RK4; it runs the same Butcher tableau through its ``ExplicitRungeKutta``
+with a ``FixedStepController`` (dt0 = the output spacing, so every output time is a step end).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Results, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig  # noqa: E402
 from hybridsim.problems.lotka_volterra import LotkaVolterra  # noqa: E402
 
 
-def median_ms(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+def torchode_rk4(f, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``(n_t, batch, 2)`` by torchode with the classical RK4 tableau and fixed steps."""
+    import torchode as to
+    from torchode.interpolation import ThirdOrderPolynomialInterpolation
+    from torchode.single_step_methods.runge_kutta import ButcherTableau, ExplicitRungeKutta
+
+    class RK4(ExplicitRungeKutta):
+        TABLEAU = ButcherTableau.from_lists(
+            c=[0.0, 0.5, 0.5, 1.0],
+            a=[[], [0.5], [0.0, 0.5], [0.0, 0.0, 1.0]],
+            b=[1 / 6, 1 / 3, 1 / 3, 1 / 6],
+            b_low_order=[1 / 6, 1 / 3, 1 / 3, 1 / 6],  # unused: fixed steps
+        )
+
+        def __init__(self, term=None):
+            super().__init__(term, RK4.TABLEAU)
+
+        def convergence_order(self):
+            return 4
+
+        def build_interpolation(self, data):
+            return ThirdOrderPolynomialInterpolation.from_k(
+                data.t0, data.dt, data.y0, data.y1, data.k
+            )
+
+    term = to.ODETerm(f)
+    solver = to.AutoDiffAdjoint(RK4(term), to.FixedStepController())
+    batch = u0.shape[0]
+    t_eval = t.expand(batch, -1)
+    dt0 = (t[1] - t[0]).expand(batch)
+    sol = solver.solve(to.InitialValueProblem(y0=u0, t_eval=t_eval), dt0=dt0)
+    return sol.ys.transpose(0, 1)
 
 
 def main() -> int:
@@ -38,11 +65,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--json", help="write the work items here")
     args = parser.parse_args()
     try:
         import torchdiffeq
-    except ImportError:
-        print("torchdiffeq is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        import torchode  # noqa: F401
+    except ImportError as exc:
+        print(f"bench_lv_step: {exc.name} is not installed: pip install -e '.[bench]'")
         return 1
 
     problem = LotkaVolterra(LVConfig())
@@ -54,45 +83,45 @@ def main() -> int:
     u0, t, target = batch.inputs["u0"], batch.inputs["t"], batch.targets["u"]
     scale = batch.targets["scale"]
 
-    def ours() -> None:
+    def loss_step(integrate) -> None:
         model.zero_grad(set_to_none=True)
-        loss = (((model(u0, t) - target) / scale) ** 2).mean()
+        loss = (((integrate() - target) / scale) ** 2).mean()
         loss.backward()
 
-    def peer() -> None:
-        model.zero_grad(set_to_none=True)
-        pred = torchdiffeq.odeint(model.rhs, u0, t, method="rk4")
-        loss = (((pred - target) / scale) ** 2).mean()
-        loss.backward()
+    cases = {
+        "hybridsim rk4": lambda: model(u0, t),
+        "torchdiffeq rk4": lambda: torchdiffeq.odeint(model.rhs, u0, t, method="rk4"),
+        "torchdiffeq rk4, our fused rhs": lambda: torchdiffeq.odeint(
+            model.fused_rhs(), u0, t, method="rk4"
+        ),
+        "torchode rk4 tableau": lambda: torchode_rk4(model.rhs, u0, t),
+    }
+    with torch.no_grad():  # same networks, same step count: the solvers must agree
+        ref = model(u0, t)
+        diffs = {k: float((fn() - ref).abs().max()) for k, fn in cases.items()}
 
-    def peer_fused() -> None:  # torchdiffeq driving our fused right-hand side
-        model.zero_grad(set_to_none=True)
-        pred = torchdiffeq.odeint(model.fused_rhs(), u0, t, method="rk4")
-        loss = (((pred - target) / scale) ** 2).mean()
-        loss.backward()
-
-    with torch.no_grad():  # same networks, same step count: the two must agree
-        diff = float(
-            (model(u0, t) - torchdiffeq.odeint(model.rhs, u0, t, method="rk4")).abs().max()
-        )
-    cases = (
-        ("hybridsim rk4", ours),
-        ("torchdiffeq rk4", peer),
-        ("torchdiffeq rk4, our fused rhs", peer_fused),
+    # The cases alternate call by call: drift in machine load affects all alike.
+    stats = measure_interleaved(
+        {k: (lambda fn=fn: loss_step(fn)) for k, fn in cases.items()}, args.repeats, warmup=3
     )
-    # Two interleaved rounds, best median of each: drift in machine load affects all alike.
-    rounds = [[median_ms(fn, args.repeats) for _, fn in cases] for _ in range(2)]
-    best = [min(r[i] for r in rounds) for i in range(len(cases))]
     print(
         f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "
         f"1 thread, torch {torch.__version__}"
     )
     print(
-        f"  max |difference| of the two trajectories: {diff:.2e} "
-        "(torchdiffeq's rk4 is the 3/8 rule)"
+        "  max |difference| to hybridsim's trajectory: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items() if k != "hybridsim rk4")
+        + " (torchdiffeq's rk4 is the 3/8 rule)"
     )
-    for (name, _), ms in zip(cases, best, strict=True):
-        print(f"  {name:<32}{ms:9.2f} ms   ratio to hybridsim {ms / best[0]:.2f}x")
+    results = Results("lv_step")
+    ours = stats.pop("hybridsim rk4")
+    for peer_name, peer in stats.items():
+        print_item(
+            results.add(
+                f"UDE step b{args.batch}x{args.steps} vs {peer_name}", ours, peer, peer_name
+            )
+        )
+    results.write(args.json)
     return 0
 
 

@@ -8,10 +8,11 @@ on the same 128 x 128 images. Ours: ``RayTransform`` applied to a batch of 32 in
 
 from __future__ import annotations
 
+import argparse
 import os
-import statistics
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -24,20 +25,13 @@ except ImportError:
     print("bench_radon: scikit-image is not installed (pip install scikit-image); skipping.")
     sys.exit(0)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Results, measure_interleaved, print_item, scaled  # noqa: E402
+
 from hybridsim.numerics.phantoms import random_phantoms  # noqa: E402
 from hybridsim.numerics.radon import RayTransform  # noqa: E402
 
 BATCH, N, REPEATS, PEER_IMAGES = 32, 128, 7, 4
-
-
-def median_time(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up (caches, allocator)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def unfiltered_bp(sinogram: np.ndarray, theta: np.ndarray) -> np.ndarray:
@@ -45,35 +39,52 @@ def unfiltered_bp(sinogram: np.ndarray, theta: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--json", help="write the work items here")
+    args = parser.parse_args()
     torch.set_num_threads(1)
     images = random_phantoms(BATCH, N, np.random.default_rng(0), dtype=torch.float32)
-    rows = []
+    results = Results("radon")
+    print(f"ray transform, {N}x{N}, batch {BATCH} (float32), 1 thread; times per image")
     for n_angles in (30, 180):
         t0 = time.perf_counter()
         op = RayTransform(N, angles=n_angles)
         build = time.perf_counter() - t0
         sino = op(images)
-        ours_fwd = median_time(lambda op=op: op.A(images)) / BATCH
-        ours_adj = median_time(lambda op=op, s=sino: op.A_adjoint(s)) / BATCH
         theta = np.rad2deg(op.angles)
         imgs = images[:PEER_IMAGES].double().numpy()
         sk_sino = [radon(im, theta, circle=False) for im in imgs]
-        sk_fwd = median_time(
-            lambda t=theta, ims=imgs: [radon(im, t, circle=False) for im in ims], 3
+        # ours and the peer alternate call by call: both see the same machine load
+        fwd = measure_interleaved(
+            {
+                "ours": lambda op=op: op.A(images),
+                "peer": lambda t=theta, ims=imgs: [radon(im, t, circle=False) for im in ims],
+            },
+            args.repeats,
         )
-        sk_adj = median_time(lambda t=theta, ss=sk_sino: [unfiltered_bp(s, t) for s in ss], 3)
-        sk_fwd, sk_adj = sk_fwd / PEER_IMAGES, sk_adj / PEER_IMAGES
-        rows.append(("forward", n_angles, ours_fwd, sk_fwd, build))
-        rows.append(("adjoint", n_angles, ours_adj, sk_adj, build))
-
-    print(f"ray transform, {N}x{N}, batch {BATCH} (float32), 1 thread; times per image")
-    header = ("op", "angles", "ours [ms]", "skimage [ms]", "ratio", "build [s]")
-    print("{:8} {:>6} {:>10} {:>13} {:>8} {:>10}".format(*header))
-    for name, n_angles, ours, peer, build in rows:
-        print(
-            f"{name:8} {n_angles:6d} {ours * 1e3:10.3f} {peer * 1e3:13.2f} {peer / ours:7.0f}x"
-            f" {build:10.2f}"
+        adj = measure_interleaved(
+            {
+                "ours": lambda op=op, s=sino: op.A_adjoint(s),
+                "peer": lambda t=theta, ss=sk_sino: [unfiltered_bp(s, t) for s in ss],
+            },
+            args.repeats,
         )
+        ours_fwd, sk_fwd, ours_adj, sk_adj = fwd["ours"], fwd["peer"], adj["ours"], adj["peer"]
+        note = f"per image; matrix build {build:.2f} s"
+        for what, ours, peer, name in (
+            ("forward", ours_fwd, sk_fwd, "skimage radon"),
+            ("adjoint", ours_adj, sk_adj, "skimage iradon, no filter"),
+        ):
+            item = results.add(
+                f"ray transform {what} {N}^2 {n_angles} angles",
+                scaled(ours, BATCH),
+                scaled(peer, PEER_IMAGES),
+                name,
+                note=note,
+            )
+            print_item(item)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ TRAIN = [
     "recipe.val_every=2",
     "recipe.log_every=1",
     "progress=plain",
+    "recipe.baselines=true",  # the comparators too (learned λ; learned primal-dual)
 ]
 
 

@@ -96,7 +96,7 @@ def advect(
     out = []
     for a, comp in enumerate(velocity):
         vel = velocity_at_faces(grid, velocity, a)
-        base = grid.index_coords(grid.face_centers(a, dtype=comp.dtype, device=comp.device), a)
+        base = grid.face_index_coords(a, comp.dtype, comp.device)
         step = [v * (dt / h) for v, h in zip(vel, grid.spacing, strict=True)]
         back = [i - s for i, s in zip(base, step, strict=True)]
         new = sample_indices(comp, back, grid.periodic)

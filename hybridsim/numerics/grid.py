@@ -132,6 +132,17 @@ class MACGrid:
         """Coordinates of the faces carrying velocity component ``axis``."""
         return self._coords(axis, **like)
 
+    def face_index_coords(
+        self, axis: int, dtype: torch.dtype, device: torch.device | str
+    ) -> tuple[torch.Tensor, ...]:
+        """``index_coords(face_centers(axis), axis)``: the faces' own fractional indices, as
+        broadcastable views (cached per dtype and device; every advection step needs them)."""
+        key = ("face_index", axis, dtype, torch.device(device))
+        if key not in self._cache:
+            centers = self.face_centers(axis, dtype=dtype, device=device)
+            self._cache[key] = tuple(self.index_coords(centers, axis))
+        return self._cache[key]
+
     def _coords(self, face_axis: int | None, **like) -> tuple[torch.Tensor, ...]:
         like.setdefault("dtype", torch.float64)
         out = []
@@ -303,7 +314,11 @@ def sample_indices(
     """
     dim = len(idx)
     batch = field.shape[0]
-    out_shape = tuple(torch.broadcast_shapes(*(i.shape for i in idx)))
+    shapes = [tuple(i.shape) for i in idx]
+    # torch.broadcast_shapes costs more than the interpolation on small grids: skip it when
+    # every index array has the same shape already (the advection's case)
+    same = all(s == shapes[0] for s in shapes)
+    out_shape = shapes[0] if same else tuple(torch.broadcast_shapes(*shapes))
     if len(out_shape) == dim:  # static points: same for every sample
         out_shape = (batch, *out_shape)
     grid_coords = []

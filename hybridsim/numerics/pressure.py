@@ -59,19 +59,35 @@ class PressureOperator(LinearOperator):
                 widths += [1, 1] if a in bounded else [0, 0]
             pad = F.pad(p, widths)
         out = diag * p
+        windows = self._windows(p.dim()) if bounded else None
         for a, (c_lo, c_hi) in enumerate(coeffs):
             td = p.dim() - 1 - a
             if g.periodic[a]:
                 lo, hi = torch.roll(p, 1, dims=td), torch.roll(p, -1, dims=td)
             else:
-                lo, hi = pad, pad
-                for b in bounded:
-                    tb = p.dim() - 1 - b
-                    start_lo, start_hi = (0, 2) if b == a else (1, 1)
-                    lo = lo.narrow(tb, start_lo, p.shape[tb])
-                    hi = hi.narrow(tb, start_hi, p.shape[tb])
+                lo, hi = pad[windows[a][0]], pad[windows[a][1]]
             out = out - c_lo * lo - c_hi * hi
         return out
+
+    def _windows(self, ndim: int) -> list:
+        """Per axis, the index tuples of the padded field that give the lower and the upper
+        neighbour of every cell (one strided view each; bounded axes are padded by one)."""
+        key = ("windows", ndim)
+        if key not in self._stencils:
+            g = self.grid
+            windows = []
+            for a in range(g.dim):
+                pair = []
+                for start in (0, 2):
+                    index = [slice(None)] * ndim
+                    for b in range(g.dim):
+                        if not g.periodic[b]:
+                            s0 = start if b == a else 1
+                            index[ndim - 1 - b] = slice(s0, s0 + g.cell_shape[g.dim - 1 - b])
+                    pair.append(tuple(index))
+                windows.append(pair)
+            self._stencils[key] = windows
+        return self._stencils[key]
 
     def stencil(self, dtype: torch.dtype, device: torch.device) -> tuple:
         """``(diag, ((c_lo, c_hi) per axis))`` with ``A p = diag p - sum c_lo p_lo + c_hi p_hi``."""

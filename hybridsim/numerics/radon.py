@@ -117,10 +117,16 @@ def _csr(
         rows, cols, vals = rows[starts], cols[starts], np.add.reduceat(vals, starts)
     crow = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
+    # 32-bit indices where they fit: a third less memory traffic per product (the matrix is
+    # streamed once per batch), the same values in the same order
+    index = np.int32 if max(vals.size, *shape) < 2**31 else np.int64
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
         return torch.sparse_csr_tensor(
-            torch.from_numpy(crow), torch.from_numpy(cols), torch.from_numpy(vals), size=shape
+            torch.from_numpy(crow.astype(index)),
+            torch.from_numpy(cols.astype(index)),
+            torch.from_numpy(vals),
+            size=shape,
         )
 
 
@@ -266,7 +272,8 @@ class RayTransform(LinearOperator):
         self._check(x, self.domain_shape, "image")
         lead = x.shape[:-2]
         m, m_t = self.matrices(x)
-        cols = x.reshape(-1, self.ny * self.nx).T  # (n_pix, batch): CSR @ dense, batch as columns
+        # (n_pix, batch): CSR @ dense with the batch as contiguous rows of columns
+        cols = x.reshape(-1, self.ny * self.nx).T.contiguous()
         out = _SparseApply.apply(cols, m, m_t)
         return out.T.reshape(*lead, self.n_angles, self.n_det)
 
@@ -275,7 +282,7 @@ class RayTransform(LinearOperator):
         self._check(y, self.range_shape, "sinogram")
         lead = y.shape[:-2]
         m, m_t = self.matrices(y)
-        cols = y.reshape(-1, self.n_angles * self.n_det).T
+        cols = y.reshape(-1, self.n_angles * self.n_det).T.contiguous()
         out = _SparseApply.apply(cols, m_t, m)
         return out.T.reshape(*lead, self.ny, self.nx)
 
