@@ -627,6 +627,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "train_noise": 0.0,
         "recipe": {"steps": 1000, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -646,6 +647,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "train_noise": 0.01,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [16, 16]},
         **_SCENARIO_COMMON,
@@ -665,6 +667,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "rms2",
         "conserve_momentum": True,
+        "train_noise": 0.0,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -684,6 +687,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 100,
         "input_scale": "fixed",
         "conserve_momentum": True,
+        "train_noise": 0.0,
         "recipe": {"steps": 400, "unroll": [4, 8, 16, 32]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -750,6 +754,10 @@ class NSConfig:
     # Periodic domains only: the corrected step keeps the exact mean-momentum balance
     # <u>_{t+1} = <u>_t (1 - drag dt) + dt <f> (semi-Lagrangian advection does not).
     conserve_momentum: bool = _wake("conserve_momentum")
+    # Training only: Gaussian noise, this many times each sample's rms velocity, added to the
+    # input frames of every training window (targets stay clean), so the correction learns to
+    # pull a perturbed state back to the reference (0: off).
+    train_noise: float = _wake("train_noise")
     val_steps: int = _wake("val_steps")
     eval_steps: int = _wake("eval_steps")  # the headline rollout (mean error over its steps)
     # the long rollout (finite? error at its end); None (a run saved before this setting
@@ -781,7 +789,9 @@ class NSConfig:
             eval_starts=self.eval_starts,
             inflow_velocity=self.inflow_velocity,
         )
-        _non_negative(p, warmup=self.warmup, perturbation=self.perturbation)
+        _non_negative(
+            p, warmup=self.warmup, perturbation=self.perturbation, train_noise=self.train_noise
+        )
         for n in self.resolution:
             if n < 2:
                 raise ConfigError(f"problem.resolution entries must be >= 2, got {self.resolution}")

@@ -179,11 +179,35 @@ def test_bad_geometry(change, needle):
         ({"eval_long_steps": 50}, "n_frames_test"),
         ({"eval_steps": 11}, "problem.eval_long_steps=10 must be >= problem.eval_steps"),
         ({"input_scale": "energy"}, "problem.input_scale=energy"),
+        ({"train_noise": -0.1}, "problem.train_noise"),
     ],
 )
 def test_bad_config(change, needle):
     with pytest.raises(ConfigError, match=needle):
         replace(TINY, **change)
+
+
+def test_training_noise_perturbs_inputs_only(tiny):
+    """problem.train_noise: the windows' input velocities get noise of that many times their
+    rms on the open faces only; the targets, pressure and prescribed faces stay the reference,
+    and the windows drawn are those of the noise-free run with the same generator."""
+    problem, train = tiny
+    data = _tensors(train)
+    noisy = NavierStokes(replace(TINY, train_noise=0.05))
+    clean = problem.batch(data, 4, 3, torch.Generator().manual_seed(0))
+    pert = noisy.batch(data, 4, 3, torch.Generator().manual_seed(0))
+    open_ = problem.coarse_grid.consts(torch.float32, "cpu")["open"]
+    diff_sq, ref_sq = 0.0, 0.0
+    for c, m in zip(("u", "v"), open_, strict=True):
+        assert torch.equal(pert.targets[c], clean.targets[c])
+        d = pert.inputs[c] - clean.inputs[c]
+        assert torch.equal(d * (1 - m), torch.zeros_like(d)), f"noise on prescribed {c} faces"
+        diff_sq += float((d**2).sum())
+        ref_sq += float((clean.inputs[c] ** 2 * m).sum())
+    assert torch.equal(pert.inputs["p"], clean.inputs["p"])
+    assert torch.equal(pert.inputs["reynolds"], clean.inputs["reynolds"])
+    level = math.sqrt(diff_sq / ref_sq)  # noise rms / signal rms over all open faces
+    assert 0.04 < level < 0.06, level
 
 
 def test_bad_scenario_options():

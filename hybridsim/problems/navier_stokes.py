@@ -220,6 +220,7 @@ class NavierStokes(Problem):
             "project_correction",
             "input_scale",
             "conserve_momentum",
+            "train_noise",
             "val_steps",
             "eval_steps",
             "eval_long_steps",
@@ -473,13 +474,33 @@ class NavierStokes(Problem):
     def batch(
         self, data: Mapping[str, torch.Tensor], batch_size: int, unroll: int, gen: torch.Generator
     ) -> Batch:
-        """Random windows of ``unroll + 1`` consecutive frames (``-1``: the longest possible)."""
+        """Random windows of ``unroll + 1`` consecutive frames (``-1``: the longest possible);
+        with ``problem.train_noise`` the input frames' velocities carry Gaussian noise of that
+        many times each sample's rms velocity (open faces only; the targets stay clean)."""
         n_sim, n_t = data["u"].shape[:2]
         unroll = n_t - 1 if unroll < 0 or unroll > n_t - 1 else unroll
         dev = data["u"].device
         sim = torch.randint(n_sim, (batch_size,), generator=gen).to(dev)
         start = torch.randint(n_t - unroll, (batch_size,), generator=gen).to(dev)
-        return self._windows(data, sim, start, unroll)
+        batch = self._windows(data, sim, start, unroll)
+        if self.cfg.train_noise > 0:
+            self._add_noise(batch.inputs, self.cfg.train_noise, gen)
+        return batch
+
+    def _add_noise(self, inputs: dict[str, torch.Tensor], level: float, gen: torch.Generator):
+        """In place on ``inputs``' velocity windows ``(batch, n + 1, *faces)``: ``+ level *
+        rms * N(0, 1)`` on the open faces, ``rms`` per sample and frame over all components."""
+        comps = self._components()
+        ref = inputs[comps[0]]
+        open_ = self.coarse_grid.consts(ref.dtype, ref.device)["open"]
+        total = sum(
+            (inputs[c] ** 2 * m).flatten(2).sum(2) for c, m in zip(comps, open_, strict=True)
+        )
+        rms = torch.sqrt(total / sum(float(m.sum()) for m in open_))
+        rms = rms.view(*rms.shape, *([1] * self.dim))
+        for c, m in zip(comps, open_, strict=True):
+            noise = torch.randn(inputs[c].shape, generator=gen, dtype=ref.dtype).to(ref.device)
+            inputs[c] = inputs[c] + level * rms * noise * m
 
     def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
         idx = start[:, None] + torch.arange(unroll + 1, device=start.device)
