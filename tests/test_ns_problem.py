@@ -319,3 +319,13 @@ def test_a_config_saved_before_eval_long_steps_still_evaluates():
     old = replace(TINY, eval_long_steps=None)
     assert old.eval_long_steps == old.n_frames_test - 1
     assert NSConfig().eval_long_steps == 500
+
+
+def test_correlation_times():
+    """Time until the vorticity correlation first drops below a threshold: the steps that stayed
+    above it times dt; never below: the whole horizon; a blown-up (NaN) step counts as below."""
+    from hybridsim.problems.navier_stokes_eval import _correlation_time
+
+    corr = np.array([[1.0, 0.9, 0.7, 0.9], [0.99, 0.97, 0.96, 0.96], [0.99, np.nan, 0.9, 0.9]])
+    assert _correlation_time(corr, 0.5).tolist() == [0.5, 2.0, 0.5]
+    assert _correlation_time(corr, 0.5, threshold=0.8).tolist() == [1.0, 2.0, 0.5]

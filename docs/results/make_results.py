@@ -122,6 +122,7 @@ NS_ROWS = [
     ("rollouts finite over 500 steps (fraction)", "*", "finite_500"),
     ("SRC's 100-step error / the model's", "*", "gain_over_solver"),
     ("time until vorticity correlation < 0.95 (within 100 steps)", "*", "corr_time"),
+    ("time until vorticity correlation < 0.8 (within 500 steps)", "*", "decorr_time"),
 ]
 # problem=ns, one per scenario a user can name, on that scenario's defaults (3 seeds: CPU-sized)
 for _scenario, _what in (
@@ -145,6 +146,8 @@ BLOCKS = {
     ("README.md", "lv"): ["lv", "lv-noise5", "lv-noise0"],
     ("docs/lv.md", "lv-unconstrained"): ["lv-unconstrained"],
     ("docs/lv.md", "lv-other-cases"): ["lv-small-orbit", "lv-paper"],
+    ("docs/ns.md", "ns-kolmogorov"): ["ns-kolmogorov"],
+    ("docs/ns.md", "ns-wake3d"): ["ns-wake3d"],
 }
 
 
