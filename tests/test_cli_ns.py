@@ -72,6 +72,7 @@ def test_generate_train_eval(tmp_path):
         assert row["rel_l2_mean"] is not None and 0 < row["rel_l2_mean"] < 1, (name, row)
         # below 0.8 (over 11 steps) never comes before below 0.95 (over 10 steps)
         assert row["decorr_time"] >= row["corr_time"], (name, row)
+        assert 0 < row["energy_ratio_10"] < 2 and 0 < row["energy_ratio_11"] < 2, (name, row)
     for plot in ("vorticity.png", "error_over_time.png"):
         assert (run_dir / "eval" / "plots" / plot).exists()
 

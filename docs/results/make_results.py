@@ -123,6 +123,8 @@ NS_ROWS = [
     ("SRC's 100-step error / the model's", "*", "gain_over_solver"),
     ("time until vorticity correlation < 0.95 (within 100 steps)", "*", "corr_time"),
     ("time until vorticity correlation < 0.8 (within 500 steps)", "*", "decorr_time"),
+    ("kinetic energy / the reference's, step 100", "*", "energy_ratio_100"),
+    ("kinetic energy / the reference's, step 500", "*", "energy_ratio_500"),
 ]
 # problem=ns, one per scenario a user can name, on that scenario's defaults (3 seeds: CPU-sized)
 for _scenario, _what in (

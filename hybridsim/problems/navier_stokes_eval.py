@@ -12,11 +12,13 @@ vorticity correlation with the reference. Reported (``N = eval_steps``, ``L = ev
 ``rel_l2_<N>`` and ``rel_l2_<L>`` (the error at step N and at step L), ``rel_l2_mean_<L>``,
 ``finite_<L>`` (the fraction of rollouts with no non-finite value in L steps), ``rel_l1_mean``,
 ``vort_corr_final`` (at step N), the correlation time ``corr_time`` (time until the vorticity
-correlation first drops below 0.95 within the N steps; the full horizon if never) and the
-decorrelation time ``decorr_time`` (until it first drops below 0.8 within the L steps), each
-averaged over samples, overall and per Reynolds number. A blown-up rollout scores ``inf``.
-Plots: vorticity fields at step N (reference, each model) and error / correlation over time
-(all L steps).
+correlation first drops below 0.95 within the N steps; the full horizon if never), the
+decorrelation time ``decorr_time`` (until it first drops below 0.8 within the L steps) and
+``energy_ratio_<N>``, ``energy_ratio_<L>`` (the kinetic energy over the open faces relative to
+the reference's at steps N and L: above 1 the model gains energy, below it damps), each averaged
+over samples, overall and per Reynolds number. A blown-up rollout scores ``inf``. Plots:
+vorticity fields at step N (reference, each model) and error / correlation over time (all L
+steps).
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def evaluate(
             finite &= torch.isfinite(c).flatten(1).all(1)
         diff = tuple(a - b for a, b in zip(pred, ref, strict=True))
         l2_long = (_norms(diff, open_, 2) / ref_l2).double().cpu().numpy()
+        energy = ((_norms(pred, open_, 2) / ref_l2) ** 2).double().cpu().numpy()
+        energy = np.nan_to_num(energy, nan=np.inf)
         l1_long = (_norms(diff, open_, 1) / ref_l1).double().cpu().numpy()
         l2_long = np.nan_to_num(l2_long, nan=np.inf)
         l2, l1 = l2_long[:, :steps], np.nan_to_num(l1_long[:, :steps], nan=np.inf)
@@ -118,6 +122,8 @@ def evaluate(
             "vort_corr_final": float(np.nan_to_num(corr[:, -1], nan=0.0).mean()),
             "corr_time": float(t_corr.mean()),
             "decorr_time": float(t_decorr.mean()),
+            f"energy_ratio_{steps}": float(energy[:, steps - 1].mean()),
+            f"energy_ratio_{long}": float(energy[:, -1].mean()),
         }
         series[name] = {
             "rel_l2": l2_long.mean(0).tolist(),
