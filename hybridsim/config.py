@@ -628,6 +628,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "input_scale": "fixed",
         "conserve_momentum": False,
         "train_noise": 0.0,
+        "train_noise_cells": 1,
         "recipe": {"steps": 1000, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -647,7 +648,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
-        "train_noise": 0.01,
+        "train_noise": 0.02,
+        "train_noise_cells": 4,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [16, 16]},
         **_SCENARIO_COMMON,
@@ -668,6 +670,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "input_scale": "rms2",
         "conserve_momentum": True,
         "train_noise": 0.0,
+        "train_noise_cells": 1,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -688,6 +691,7 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "input_scale": "fixed",
         "conserve_momentum": True,
         "train_noise": 0.0,
+        "train_noise_cells": 1,
         "recipe": {"steps": 400, "unroll": [4, 8, 16, 32]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -758,6 +762,9 @@ class NSConfig:
     # input frames of every training window (targets stay clean), so the correction learns to
     # pull a perturbed state back to the reference (0: off).
     train_noise: float = _wake("train_noise")
+    # the noise's correlation length in coarse cells (drawn that much coarser, interpolated);
+    # 1: white noise per face
+    train_noise_cells: int = _wake("train_noise_cells")
     val_steps: int = _wake("val_steps")
     eval_steps: int = _wake("eval_steps")  # the headline rollout (mean error over its steps)
     # the long rollout (finite? error at its end); None (a run saved before this setting
@@ -788,6 +795,7 @@ class NSConfig:
             eval_long_steps=self.eval_long_steps,
             eval_starts=self.eval_starts,
             inflow_velocity=self.inflow_velocity,
+            train_noise_cells=self.train_noise_cells,
         )
         _non_negative(
             p, warmup=self.warmup, perturbation=self.perturbation, train_noise=self.train_noise

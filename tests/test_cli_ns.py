@@ -97,6 +97,7 @@ BAD = [
     (["train", "problem=ns", "problem.conserve_momentum=true"], "problem.conserve_momentum"),
     (["train", "problem=ns", "problem.train_noise=-0.01"], "problem.train_noise"),
     (["train", "problem=ns", "problem.train_noise=nan"], "problem.train_noise"),
+    (["train", "problem=ns", "problem.train_noise_cells=0"], "problem.train_noise_cells"),
     (["train", "problem=ns", "problem.eval_long_steps=0"], "problem.eval_long_steps"),
     (["train", "problem=ns", "problem.eval_long_steps=nan"], "problem.eval_long_steps"),
     (["train", "problem=ns", "problem.eval_long_steps=50"], "problem.eval_long_steps=50"),

@@ -180,6 +180,7 @@ def test_bad_geometry(change, needle):
         ({"eval_steps": 11}, "problem.eval_long_steps=10 must be >= problem.eval_steps"),
         ({"input_scale": "energy"}, "problem.input_scale=energy"),
         ({"train_noise": -0.1}, "problem.train_noise"),
+        ({"train_noise_cells": 0}, "problem.train_noise_cells"),
     ],
 )
 def test_bad_config(change, needle):
@@ -187,13 +188,14 @@ def test_bad_config(change, needle):
         replace(TINY, **change)
 
 
-def test_training_noise_perturbs_inputs_only(tiny):
+@pytest.mark.parametrize("cells", [1, 4])
+def test_training_noise_perturbs_inputs_only(tiny, cells):
     """problem.train_noise: the windows' input velocities get noise of that many times their
     rms on the open faces only; the targets, pressure and prescribed faces stay the reference,
     and the windows drawn are those of the noise-free run with the same generator."""
     problem, train = tiny
     data = _tensors(train)
-    noisy = NavierStokes(replace(TINY, train_noise=0.05))
+    noisy = NavierStokes(replace(TINY, train_noise=0.05, train_noise_cells=cells))
     clean = problem.batch(data, 4, 3, torch.Generator().manual_seed(0))
     pert = noisy.batch(data, 4, 3, torch.Generator().manual_seed(0))
     open_ = problem.coarse_grid.consts(torch.float32, "cpu")["open"]

@@ -221,6 +221,7 @@ class NavierStokes(Problem):
             "input_scale",
             "conserve_momentum",
             "train_noise",
+            "train_noise_cells",
             "val_steps",
             "eval_steps",
             "eval_long_steps",
@@ -489,7 +490,10 @@ class NavierStokes(Problem):
 
     def _add_noise(self, inputs: dict[str, torch.Tensor], level: float, gen: torch.Generator):
         """In place on ``inputs``' velocity windows ``(batch, n + 1, *faces)``: ``+ level *
-        rms * N(0, 1)`` on the open faces, ``rms`` per sample and frame over all components."""
+        rms * noise`` on the open faces, ``rms`` per sample and frame over all components.
+        ``noise`` has unit rms; with ``problem.train_noise_cells = c > 1`` it is drawn on a grid
+        ``c`` times coarser and interpolated (multilinear) to the faces, so that it perturbs the
+        large scales too (white noise, ``c = 1``, hardly touches them)."""
         comps = self._components()
         ref = inputs[comps[0]]
         open_ = self.coarse_grid.consts(ref.dtype, ref.device)["open"]
@@ -498,9 +502,20 @@ class NavierStokes(Problem):
         )
         rms = torch.sqrt(total / sum(float(m.sum()) for m in open_))
         rms = rms.view(*rms.shape, *([1] * self.dim))
+        cells = self.cfg.train_noise_cells
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[self.dim]
         for c, m in zip(comps, open_, strict=True):
-            noise = torch.randn(inputs[c].shape, generator=gen, dtype=ref.dtype).to(ref.device)
-            inputs[c] = inputs[c] + level * rms * noise * m
+            shape = inputs[c].shape
+            if cells > 1:
+                coarse = [math.ceil((n - 1) / cells) + 1 for n in shape[2:]]
+                draw = torch.randn(shape[0] * shape[1], 1, *coarse, generator=gen, dtype=ref.dtype)
+                draw = nn.functional.interpolate(
+                    draw, size=tuple(shape[2:]), mode=mode, align_corners=True
+                ).view(shape)
+                draw = draw / draw.pow(2).mean().sqrt()
+            else:
+                draw = torch.randn(shape, generator=gen, dtype=ref.dtype)
+            inputs[c] = inputs[c] + level * rms * draw.to(ref.device) * m
 
     def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
         idx = start[:, None] + torch.arange(unroll + 1, device=start.device)
