@@ -220,7 +220,7 @@ def latest_sweep(exp: Experiment, out_root: Path) -> Path:
 def reevaluate(sweep: Path) -> None:
     """``hybridsim eval`` on every finished run of a sweep (after a change to the evaluation)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for run in sorted(p.parent for p in sweep.glob("*/checkpoints/best.pt")):
+    for run in sorted(p.parent.parent for p in sweep.glob("*/checkpoints/best.pt")):
         proc = subprocess.run(
             [hybridsim_exe(), "eval", f"run={run}"], cwd=ROOT, env=env, capture_output=True
         )
