@@ -437,6 +437,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "train_noise": 0.0,
+        "train_noise_cells": 1,
         "recipe": {"steps": 1000, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -456,6 +458,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "fixed",
         "conserve_momentum": False,
+        "train_noise": 0.02,
+        "train_noise_cells": 4,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [16, 16]},
         **_SCENARIO_COMMON,
@@ -475,6 +479,8 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "val_steps": 16,
         "input_scale": "rms2",
         "conserve_momentum": True,
+        "train_noise": 0.0,
+        "train_noise_cells": 1,
         "recipe": {"steps": 300, "unroll": [4, 8]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
@@ -491,10 +497,12 @@ NS_SCENARIO_DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup": 400,
         "n_frames": 120,
         "n_frames_test": 530,
-        "val_steps": 16,
+        "val_steps": 100,
         "input_scale": "fixed",
         "conserve_momentum": True,
-        "recipe": {"steps": 300, "unroll": [4, 8]},
+        "train_noise": 0.0,
+        "train_noise_cells": 1,
+        "recipe": {"steps": 400, "unroll": [4, 8, 16, 32]},
         "correction": {"width": [32, 32, 32]},
         **_SCENARIO_COMMON,
     },
@@ -560,6 +568,13 @@ class NSConfig:
     # Periodic domains only: the corrected step keeps the exact mean-momentum balance
     # <u>_{t+1} = <u>_t (1 - drag dt) + dt <f> (semi-Lagrangian advection does not).
     conserve_momentum: bool = _wake("conserve_momentum")
+    # Training only: Gaussian noise, this many times each sample's rms velocity, added to the
+    # input frames of every training window (targets stay clean), so the correction learns to
+    # pull a perturbed state back to the reference (0: off).
+    train_noise: float = _wake("train_noise")
+    # the noise's correlation length in coarse cells (drawn that much coarser, interpolated);
+    # 1: white noise per face
+    train_noise_cells: int = _wake("train_noise_cells")
     val_steps: int = _wake("val_steps")
     eval_steps: int = _wake("eval_steps")  # the headline rollout (mean error over its steps)
     # the long rollout (finite? error at its end); None (a run saved before this setting
@@ -590,8 +605,11 @@ class NSConfig:
             eval_long_steps=self.eval_long_steps,
             eval_starts=self.eval_starts,
             inflow_velocity=self.inflow_velocity,
+            train_noise_cells=self.train_noise_cells,
         )
-        _non_negative(p, warmup=self.warmup, perturbation=self.perturbation)
+        _non_negative(
+            p, warmup=self.warmup, perturbation=self.perturbation, train_noise=self.train_noise
+        )
         for n in self.resolution:
             if n < 2:
                 raise ConfigError(f"problem.resolution entries must be >= 2, got {self.resolution}")

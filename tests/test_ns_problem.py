@@ -179,11 +179,37 @@ def test_bad_geometry(change, needle):
         ({"eval_long_steps": 50}, "n_frames_test"),
         ({"eval_steps": 11}, "problem.eval_long_steps=10 must be >= problem.eval_steps"),
         ({"input_scale": "energy"}, "problem.input_scale=energy"),
+        ({"train_noise": -0.1}, "problem.train_noise"),
+        ({"train_noise_cells": 0}, "problem.train_noise_cells"),
     ],
 )
 def test_bad_config(change, needle):
     with pytest.raises(ConfigError, match=needle):
         replace(TINY, **change)
+
+
+@pytest.mark.parametrize("cells", [1, 4])
+def test_training_noise_perturbs_inputs_only(tiny, cells):
+    """problem.train_noise: the windows' input velocities get noise of that many times their
+    rms on the open faces only; the targets, pressure and prescribed faces stay the reference,
+    and the windows drawn are those of the noise-free run with the same generator."""
+    problem, train = tiny
+    data = _tensors(train)
+    noisy = NavierStokes(replace(TINY, train_noise=0.05, train_noise_cells=cells))
+    clean = problem.batch(data, 4, 3, torch.Generator().manual_seed(0))
+    pert = noisy.batch(data, 4, 3, torch.Generator().manual_seed(0))
+    open_ = problem.coarse_grid.consts(torch.float32, "cpu")["open"]
+    diff_sq, ref_sq = 0.0, 0.0
+    for c, m in zip(("u", "v"), open_, strict=True):
+        assert torch.equal(pert.targets[c], clean.targets[c])
+        d = pert.inputs[c] - clean.inputs[c]
+        assert torch.equal(d * (1 - m), torch.zeros_like(d)), f"noise on prescribed {c} faces"
+        diff_sq += float((d**2).sum())
+        ref_sq += float((clean.inputs[c] ** 2 * m).sum())
+    assert torch.equal(pert.inputs["p"], clean.inputs["p"])
+    assert torch.equal(pert.inputs["reynolds"], clean.inputs["reynolds"])
+    level = math.sqrt(diff_sq / ref_sq)  # noise rms / signal rms over all open faces
+    assert 0.04 < level < 0.06, level
 
 
 def test_bad_scenario_options():
@@ -299,3 +325,13 @@ def test_a_config_saved_before_eval_long_steps_still_evaluates():
     old = replace(TINY, eval_long_steps=None)
     assert old.eval_long_steps == old.n_frames_test - 1
     assert NSConfig().eval_long_steps == 500
+
+
+def test_correlation_times():
+    """Time until the vorticity correlation first drops below a threshold: the steps that stayed
+    above it times dt; never below: the whole horizon; a blown-up (NaN) step counts as below."""
+    from hybridsim.problems.navier_stokes_eval import _correlation_time
+
+    corr = np.array([[1.0, 0.9, 0.7, 0.9], [0.99, 0.97, 0.96, 0.96], [0.99, np.nan, 0.9, 0.9]])
+    assert _correlation_time(corr, 0.5).tolist() == [0.5, 2.0, 0.5]
+    assert _correlation_time(corr, 0.5, threshold=0.8).tolist() == [1.0, 2.0, 0.5]

@@ -122,6 +122,9 @@ NS_ROWS = [
     ("rollouts finite over 500 steps (fraction)", "*", "finite_500"),
     ("SRC's 100-step error / the model's", "*", "gain_over_solver"),
     ("time until vorticity correlation < 0.95 (within 100 steps)", "*", "corr_time"),
+    ("time until vorticity correlation < 0.8 (within 500 steps)", "*", "decorr_time"),
+    ("kinetic energy / the reference's, step 100", "*", "energy_ratio_100"),
+    ("kinetic energy / the reference's, step 500", "*", "energy_ratio_500"),
 ]
 # problem=ns, one per scenario a user can name, on that scenario's defaults (3 seeds: CPU-sized)
 for _scenario, _what in (
@@ -145,6 +148,8 @@ BLOCKS = {
     ("README.md", "lv"): ["lv", "lv-noise5", "lv-noise0"],
     ("docs/lv.md", "lv-unconstrained"): ["lv-unconstrained"],
     ("docs/lv.md", "lv-other-cases"): ["lv-small-orbit", "lv-paper"],
+    ("docs/ns.md", "ns-kolmogorov"): ["ns-kolmogorov"],
+    ("docs/ns.md", "ns-wake3d"): ["ns-wake3d"],
 }
 
 
@@ -215,7 +220,7 @@ def latest_sweep(exp: Experiment, out_root: Path) -> Path:
 def reevaluate(sweep: Path) -> None:
     """``hybridsim eval`` on every finished run of a sweep (after a change to the evaluation)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    for run in sorted(p.parent for p in sweep.glob("*/checkpoints/best.pt")):
+    for run in sorted(p.parent.parent for p in sweep.glob("*/checkpoints/best.pt")):
         proc = subprocess.run(
             [hybridsim_exe(), "eval", f"run={run}"], cwd=ROOT, env=env, capture_output=True
         )

@@ -224,6 +224,8 @@ class NavierStokes(Problem):
             "project_correction",
             "input_scale",
             "conserve_momentum",
+            "train_noise",
+            "train_noise_cells",
             "val_steps",
             "eval_steps",
             "eval_long_steps",
@@ -442,13 +444,47 @@ class NavierStokes(Problem):
     def batch(
         self, data: Mapping[str, torch.Tensor], batch_size: int, unroll: int, gen: torch.Generator
     ) -> Batch:
-        """Random windows of ``unroll + 1`` consecutive frames (``-1``: the longest possible)."""
+        """Random windows of ``unroll + 1`` consecutive frames (``-1``: the longest possible);
+        with ``problem.train_noise`` the input frames' velocities carry Gaussian noise of that
+        many times each sample's rms velocity (open faces only; the targets stay clean)."""
         n_sim, n_t = data["u"].shape[:2]
         unroll = n_t - 1 if unroll < 0 or unroll > n_t - 1 else unroll
         dev = data["u"].device
         sim = torch.randint(n_sim, (batch_size,), generator=gen).to(dev)
         start = torch.randint(n_t - unroll, (batch_size,), generator=gen).to(dev)
-        return self._windows(data, sim, start, unroll)
+        batch = self._windows(data, sim, start, unroll)
+        if self.cfg.train_noise > 0:
+            self._add_noise(batch.inputs, self.cfg.train_noise, gen)
+        return batch
+
+    def _add_noise(self, inputs: dict[str, torch.Tensor], level: float, gen: torch.Generator):
+        """In place on ``inputs``' velocity windows ``(batch, n + 1, *faces)``: ``+ level *
+        rms * noise`` on the open faces, ``rms`` per sample and frame over all components.
+        ``noise`` has unit rms; with ``problem.train_noise_cells = c > 1`` it is drawn on a grid
+        ``c`` times coarser and interpolated (multilinear) to the faces, so that it perturbs the
+        large scales too (white noise, ``c = 1``, hardly touches them)."""
+        comps = self._components()
+        ref = inputs[comps[0]]
+        open_ = self.coarse_grid.consts(ref.dtype, ref.device)["open"]
+        total = sum(
+            (inputs[c] ** 2 * m).flatten(2).sum(2) for c, m in zip(comps, open_, strict=True)
+        )
+        rms = torch.sqrt(total / sum(float(m.sum()) for m in open_))
+        rms = rms.view(*rms.shape, *([1] * self.dim))
+        cells = self.cfg.train_noise_cells
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[self.dim]
+        for c, m in zip(comps, open_, strict=True):
+            shape = inputs[c].shape
+            if cells > 1:
+                coarse = [math.ceil((n - 1) / cells) + 1 for n in shape[2:]]
+                draw = torch.randn(shape[0] * shape[1], 1, *coarse, generator=gen, dtype=ref.dtype)
+                draw = nn.functional.interpolate(
+                    draw, size=tuple(shape[2:]), mode=mode, align_corners=True
+                ).view(shape)
+                draw = draw / draw.pow(2).mean().sqrt()
+            else:
+                draw = torch.randn(shape, generator=gen, dtype=ref.dtype)
+            inputs[c] = inputs[c] + level * rms * draw.to(ref.device) * m
 
     def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
         idx = start[:, None] + torch.arange(unroll + 1, device=start.device)

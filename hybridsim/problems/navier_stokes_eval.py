@@ -11,10 +11,14 @@ vorticity correlation with the reference. Reported (``N = eval_steps``, ``L = ev
 ``rel_l2_mean`` (mean over steps 1..N, the pbdl book's "100-step relative error"),
 ``rel_l2_<N>`` and ``rel_l2_<L>`` (the error at step N and at step L), ``rel_l2_mean_<L>``,
 ``finite_<L>`` (the fraction of rollouts with no non-finite value in L steps), ``rel_l1_mean``,
-``vort_corr_final`` (at step N) and the correlation time (time until the vorticity correlation
-first drops below 0.95 within the N steps; the full horizon if never), each averaged over
-samples, overall and per Reynolds number. A blown-up rollout scores ``inf``. Plots: vorticity
-fields (reference, each model) and error / correlation over time (all L steps).
+``vort_corr_final`` (at step N), the correlation time ``corr_time`` (time until the vorticity
+correlation first drops below 0.95 within the N steps; the full horizon if never), the
+decorrelation time ``decorr_time`` (until it first drops below 0.8 within the L steps) and
+``energy_ratio_<N>``, ``energy_ratio_<L>`` (the kinetic energy over the open faces relative to
+the reference's at steps N and L: above 1 the model gains energy, below it damps), each averaged
+over samples, overall and per Reynolds number. A blown-up rollout scores ``inf``. Plots:
+vorticity fields at step N (reference, each model) and error / correlation over time (all L
+steps).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from hybridsim.numerics.fluid import vorticity, vorticity_correlation
 from hybridsim.problems.base import SplitData
 
 CORRELATION_THRESHOLD = 0.95
+DECORRELATION_THRESHOLD = 0.8  # decorr_time: over the long rollout
 LABELS = {
     "solver": "SRC (solver alone)",
     "non": "NON (one-step supervised)",
@@ -46,9 +51,11 @@ def _norms(diff: tuple[torch.Tensor, ...], open_: tuple[torch.Tensor, ...], p: i
     return total ** (1.0 / p)
 
 
-def _correlation_time(corr: np.ndarray, dt: float) -> np.ndarray:
-    """Time until the correlation first drops below the threshold, per sample ``(batch,)``."""
-    below = ~(corr >= CORRELATION_THRESHOLD)  # NaN (blown up) counts as below
+def _correlation_time(
+    corr: np.ndarray, dt: float, threshold: float = CORRELATION_THRESHOLD
+) -> np.ndarray:
+    """Time until the correlation first drops below ``threshold``, per sample ``(batch,)``."""
+    below = ~(corr >= threshold)  # NaN (blown up) counts as below
     n = corr.shape[1]
     first = np.where(below.any(1), below.argmax(1), n)
     return first * dt
@@ -75,7 +82,7 @@ def evaluate(
     grid = problem.coarse_grid
     open_ = grid.consts(dtype, device)["open"]
     ref_l2, ref_l1 = _norms(ref, open_, 2), _norms(ref, open_, 1)
-    ref_vort = _vorticity_series(grid, tuple(r[:, :steps] for r in ref))
+    ref_vort = _vorticity_series(grid, ref)
     reynolds = data["reynolds"][sim].double().cpu().numpy()
 
     table: dict[str, dict[str, float]] = {}
@@ -90,13 +97,17 @@ def evaluate(
             finite &= torch.isfinite(c).flatten(1).all(1)
         diff = tuple(a - b for a, b in zip(pred, ref, strict=True))
         l2_long = (_norms(diff, open_, 2) / ref_l2).double().cpu().numpy()
+        energy = ((_norms(pred, open_, 2) / ref_l2) ** 2).double().cpu().numpy()
+        energy = np.nan_to_num(energy, nan=np.inf)
         l1_long = (_norms(diff, open_, 1) / ref_l1).double().cpu().numpy()
         l2_long = np.nan_to_num(l2_long, nan=np.inf)
         l2, l1 = l2_long[:, :steps], np.nan_to_num(l1_long[:, :steps], nan=np.inf)
-        vort = _vorticity_series(grid, tuple(c[:, :steps] for c in pred))
-        corr = vorticity_correlation(vort.flatten(0, 1), ref_vort.flatten(0, 1))
-        corr = corr.view(*vort.shape[:2]).double().cpu().numpy()
+        vort = _vorticity_series(grid, pred)
+        corr_long = vorticity_correlation(vort.flatten(0, 1), ref_vort.flatten(0, 1))
+        corr_long = corr_long.view(*vort.shape[:2]).double().cpu().numpy()
+        corr = corr_long[:, :steps]
         t_corr = _correlation_time(corr, cfg.dt)
+        t_decorr = _correlation_time(corr_long, cfg.dt, DECORRELATION_THRESHOLD)
         table[name] = {
             "rel_l2_mean": float(l2.mean()),
             f"rel_l2_{steps}": float(l2[:, -1].mean()),
@@ -106,21 +117,25 @@ def evaluate(
             "rel_l1_mean": float(l1.mean()),
             "vort_corr_final": float(np.nan_to_num(corr[:, -1], nan=0.0).mean()),
             "corr_time": float(t_corr.mean()),
+            "decorr_time": float(t_decorr.mean()),
+            f"energy_ratio_{steps}": float(energy[:, steps - 1].mean()),
+            f"energy_ratio_{long}": float(energy[:, -1].mean()),
         }
         series[name] = {
             "rel_l2": l2_long.mean(0).tolist(),
             "rel_l1": np.nan_to_num(l1_long, nan=np.inf).mean(0).tolist(),
-            "vort_corr": np.nan_to_num(corr, nan=0.0).mean(0).tolist(),
+            "vort_corr": np.nan_to_num(corr_long, nan=0.0).mean(0).tolist(),
         }
         per_re[name] = {
             f"{r:g}": {
                 "rel_l2_mean": float(l2[reynolds == r].mean()),
                 f"rel_l2_{long}": float(l2_long[reynolds == r, -1].mean()),
                 "corr_time": float(t_corr[reynolds == r].mean()),
+                "decorr_time": float(t_decorr[reynolds == r].mean()),
             }
             for r in np.unique(reynolds)
         }
-        fields[name] = vort[0, -1].double().cpu().numpy()
+        fields[name] = vort[0, steps - 1].double().cpu().numpy()
     ratio = {}
     if "solver" in table:
         src = table["solver"]["rel_l2_mean"]
@@ -131,7 +146,7 @@ def evaluate(
     _plot_errors(out_dir / "error_over_time.png", series, cfg.dt)
     _plot_vorticity(
         out_dir / "vorticity.png",
-        ref_vort[0, -1].double().cpu().numpy(),
+        ref_vort[0, steps - 1].double().cpu().numpy(),
         fields,
         steps,
         float(reynolds[0]),
@@ -182,6 +197,7 @@ def _plot_errors(path: Path, series: dict[str, dict[str, list[float]]], dt: floa
         axes[1].plot(tc, s["vort_corr"], color=f"C{i}", label=LABELS.get(name, name))
     axes[0].set_ylabel("relative L2 velocity error")
     axes[1].axhline(CORRELATION_THRESHOLD, color="0.5", ls=":", lw=1)
+    axes[1].axhline(DECORRELATION_THRESHOLD, color="0.5", ls="--", lw=1)
     axes[1].set_ylabel("vorticity correlation")
     axes[1].set_ylim(-0.1, 1.02)
     for ax in axes:
