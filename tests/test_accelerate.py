@@ -117,3 +117,20 @@ def test_compile_trains_lv_to_the_same_loss(tmp_path):
         fit(problem, model, train, val, RECIPE, tmp_path / str(i), progress="none")
         curves.append(problem.validate(model, val)["loss"])
     assert curves[1] == pytest.approx(curves[0], rel=1e-6)
+
+
+def test_convnet_channels_last_equals_nchw_to_rounding():
+    """The internal NHWC layout changes the summation order only: output and every gradient
+    agree with NCHW to float32 rounding, and the caller gets NCHW back."""
+    torch.manual_seed(0)
+    a = ConvNet(8, 6, [16, 16], channels_last=False)
+    b = ConvNet(8, 6, [16, 16], channels_last=True)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 8, 20, 20)
+    ya, yb = a(x), b(x)
+    assert yb.is_contiguous() and yb.shape == ya.shape
+    torch.testing.assert_close(yb, ya, rtol=1e-5, atol=1e-6)
+    (ya.square().sum()).backward()
+    (yb.square().sum()).backward()
+    for (k, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=k)
