@@ -28,6 +28,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 import hybridsim
+from hybridsim.cli import main
 from hybridsim.config import register_schemas, to_typed
 from hybridsim.data import SPLITS, check_finite
 from hybridsim.numerics.ode import SOLVERS, odeint
@@ -202,12 +203,14 @@ def hybridsim_cli(*args: str, cwd: Path, wait: bool = True) -> Any:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PROBLEMS)
-def test_generate_train_eval_resume_report(name, tmp_path):
+def test_generate_train_eval_resume_report(name, tmp_path, monkeypatch, capsys):
+    """train through the installed console script (interrupted by SIGINT once its first
+    checkpoint is written; a problem fast enough to finish first has nothing to resume), the
+    other commands in-process (each extra interpreter costs seconds of imports)."""
+    monkeypatch.chdir(tmp_path)
     tiny = [f"problem={name}", *registered()[name].tiny]
-    gen = hybridsim_cli("generate", *tiny, cwd=tmp_path)
-    assert (tmp_path / gen.stdout.split()[0]).exists()
-    # train, interrupted (SIGINT) once its first checkpoint is written, then resumed to its end;
-    # a problem fast enough to finish first has nothing to resume (the resume says so)
+    assert main(["generate", *tiny]) == 0
+    assert (tmp_path / capsys.readouterr().out.split()[0]).exists()
     run = tmp_path / "sweep" / "0"
     args = [*tiny, *TRAIN, "recipe.steps=12", f"hydra.run.dir={run}", "seed=1"]
     proc = hybridsim_cli("train", *args, cwd=tmp_path, wait=False)
@@ -219,17 +222,18 @@ def test_generate_train_eval_resume_report(name, tmp_path):
     assert proc.returncode in (0, 130), err
     if proc.returncode == 130:
         assert not torch.load(last, weights_only=True)["done"]
-    hybridsim_cli("train", f"resume={run}", cwd=tmp_path)
+    assert main(["train", f"resume={run}"]) == 0
     ck = torch.load(last, weights_only=True)
     assert ck["done"] and ck["step"] == 12
-    ev = hybridsim_cli("eval", f"run={run}", cwd=tmp_path)
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())
-    table = metrics["table"]
+    capsys.readouterr()
+    assert main(["eval", f"run={run}"]) == 0
+    out = capsys.readouterr().out
+    table = json.loads((run / "eval" / "metrics.json").read_text())["table"]
     comparators = registered()[name].comparators
     trained = {c.name for c in comparators if c.trained}
     assert trained <= {p.name for p in (run / "checkpoints").iterdir()}, "recipe.baselines=true"
     for model in ("hybrid", *(c.name for c in comparators)):
-        assert model in table and model in ev.stdout, f"{model} missing: {sorted(table)}"
+        assert model in table and model in out, f"{model} missing: {sorted(table)}"
     assert any(p.stat().st_size > 0 for p in (run / "eval" / "plots").glob("*.png"))
-    report = hybridsim_cli("report", str(tmp_path / "sweep"), cwd=tmp_path)
-    assert "hybrid" in report.stdout
+    assert main(["report", str(tmp_path / "sweep")]) == 0
+    assert "hybrid" in (tmp_path / "sweep" / "report" / "report.md").read_text()

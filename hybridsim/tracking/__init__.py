@@ -143,7 +143,7 @@ def _backend_class(name: str) -> type[Backend]:
 
 
 class Trackers:
-    """Every chosen tracker of one run; the sink of ``train.MetricsLog``."""
+    """Every chosen tracker of one run; the sink of ``runlog.MetricsLog``."""
 
     def __init__(self, run_dir: Path, backends: dict[str, Backend]) -> None:
         self.run_dir, self.backends = run_dir, backends
@@ -166,7 +166,7 @@ class Trackers:
                 _write_state(run_dir, name, state)
         path = run_dir / "metrics.jsonl"
         if path.is_file():
-            from hybridsim.train import read_metrics
+            from hybridsim.runlog import read_metrics
 
             for row in read_metrics(path):
                 out.row(row, catch_up=True)

@@ -17,7 +17,7 @@ class CSVBackend(Backend):
 
     def __init__(self, run_dir: Path, settings: Any, config: dict[str, Any], state: dict) -> None:
         super().__init__(run_dir, settings, config, state)
-        from hybridsim.train import read_metrics
+        from hybridsim.runlog import read_metrics
 
         self.path = run_dir / settings.file
         source = run_dir / "metrics.jsonl"
