@@ -134,3 +134,25 @@ def test_convnet_channels_last_equals_nchw_to_rounding():
     (yb.square().sum()).backward()
     for (k, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_cli_train_with_amp_bf16_end_to_end(tmp_path):
+    """The option goes from the command line to the trainer: with amp=bf16 the run completes,
+    records it, and its weights differ from the same run's without it (bf16 arithmetic), the
+    learned physical constant still float32."""
+    weights = {}
+    for amp in ("none", "bf16"):
+        out = subprocess.run(
+            [sys.executable, "-m", "hybridsim", "train", *LV_TINY, "device=cpu"]
+            + ["dtype=float32", "evaluate=false", f"amp={amp}", f"hydra.run.dir=run-{amp}"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        ck = torch.load(tmp_path / f"run-{amp}" / "checkpoints" / "last.pt", weights_only=False)
+        weights[amp] = ck["model"]
+        assert f"amp: {amp}" in (tmp_path / f"run-{amp}" / "config_resolved.yaml").read_text()
+    assert weights["bf16"]["theta3"].dtype == torch.float32
+    assert weights["none"].keys() == weights["bf16"].keys()
+    assert any(not torch.equal(weights["none"][k], weights["bf16"][k]) for k in weights["none"])
