@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Results, measure, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig  # noqa: E402
+from hybridsim.nn import ConvNet  # noqa: E402
+from hybridsim.nn.accelerate import accelerate_model  # noqa: E402
 from hybridsim.problems.tomography import Tomography  # noqa: E402
 
 
@@ -100,8 +102,10 @@ def conv_layout(size: int, batch: int, repeat: int, net: torch.nn.Module, result
 
     first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
     x = torch.randn(batch, first.in_channels, size, size)
-    nchw, cl = copy.deepcopy(net), copy.deepcopy(net).to(memory_format=torch.channels_last)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
+    # ConvNet computes in channels_last itself (its default); the peer is the same network
+    # switched back to NCHW, both fed NCHW as the solver does
+    nchw, cl = set_layout(copy.deepcopy(net), False), set_layout(copy.deepcopy(net), True)
+    x_cl = x
 
     def fwd_bwd(n, inp):
         def run() -> None:
@@ -118,8 +122,74 @@ def conv_layout(size: int, batch: int, repeat: int, net: torch.nn.Module, result
         both["cl"],
         both["nchw"],
         "the same network, NCHW",
-        note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
+        note=f"max |output difference| {diff:.1e}; ConvNet's layout (adopted)",
     )
+
+
+def set_layout(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
+    for m in model.modules():
+        if isinstance(m, ConvNet):
+            m.channels_last = channels_last
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            m.net.to(memory_format=fmt)
+    return model
+
+
+def options(size: int, batch: int, repeat: int, results: Results, compile: bool) -> None:
+    """The learned-GD training step of the defaults (Adam) with each speed option against the
+    NCHW eager float32 path, the same initial weights, their steps alternating in one run."""
+    import time
+
+    net = CorrectionConfig(name="convnet", kind="convnet", activation="relu")
+    solver = CTSolverConfig(name="gd", n_iter=10)
+    problem = Tomography(CTConfig(size=size, n_train=batch, n_ellipses=100))
+    train = problem.generate("train", 1)
+    data = train.tensors(torch.device("cpu"), torch.float32)
+    b = problem.batch(data, batch, -1, torch.Generator().manual_seed(0))
+
+    def build(channels_last: bool):
+        torch.manual_seed(0)
+        return set_layout(problem.build_model(solver, net, "update", train), channels_last)
+
+    variants = {
+        "NCHW": build(False),
+        "channels_last": build(True),
+        "amp=bf16": accelerate_model(build(False), "bf16"),
+        "channels_last, amp=bf16": accelerate_model(build(True), "bf16"),
+    }
+    if compile:
+        variants["compile=true"] = accelerate_model(build(False), compile=True)
+    with torch.no_grad():
+        ref = float(problem.loss(variants["NCHW"], b))
+        rel = {k: abs(float(problem.loss(m, b)) - ref) / ref for k, m in variants.items()}
+    opts = {k: torch.optim.Adam(m.parameters(), lr=2e-3) for k, m in variants.items()}
+
+    def step_of(k):
+        def train_step() -> None:
+            loss = problem.loss(variants[k], b)
+            opts[k].zero_grad()
+            loss.backward()
+            opts[k].step()
+
+        return train_step
+
+    notes = {}
+    if compile:
+        t0 = time.perf_counter()
+        step_of("compile=true")()
+        notes["compile=true"] = f"compile time (first step) {time.perf_counter() - t0:.1f} s; "
+    stats = measure_interleaved({k: step_of(k) for k in variants}, repeat)
+    base = stats.pop("NCHW")
+    for k, st in stats.items():
+        print_item(
+            results.add(
+                f"learned-GD train step {size}^2 batch {batch}, {k} vs NCHW eager",
+                st,
+                base,
+                "NCHW eager float32",
+                note=notes.get(k, "") + f"|loss - NCHW loss| / loss {rel[k]:.1e} (untrained)",
+            )
+        )
 
 
 def main() -> None:
@@ -128,14 +198,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[8, 20])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", help="write the work items here")
+    parser.add_argument("--options-size", type=int, nargs="*", default=[64], help="A/B sizes")
+    parser.add_argument("--options-batch", type=int, nargs="*", default=[8])
+    parser.add_argument("--options-repeat", type=int, default=5)
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--only-options", action="store_true")
     args = parser.parse_args()
     if len(args.size) != len(args.batch):
         parser.error("--size and --batch need the same number of values")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, float32, 10 iterations")
     results = Results("ct_train")
+    for size, batch in zip(args.options_size, args.options_batch, strict=True):
+        options(size, batch, args.options_repeat, results, args.compile)
     for size, batch in zip(args.size, args.batch, strict=True):
-        bench(size, batch, args.repeat, results)
+        if not args.only_options:
+            bench(size, batch, args.repeat, results)
     results.write(args.json)
 
 

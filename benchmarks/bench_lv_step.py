@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Results, measure_interleaved, print_item  # noqa: E402
 
 from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig  # noqa: E402
+from hybridsim.nn.accelerate import accelerate_model  # noqa: E402
 from hybridsim.problems.lotka_volterra import LotkaVolterra  # noqa: E402
 
 
@@ -66,6 +68,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--json", help="write the work items here")
+    parser.add_argument("--no-compile", dest="compile", action="store_false")
+    parser.add_argument("--no-amp", dest="amp", action="store_false")
     args = parser.parse_args()
     try:
         import torchdiffeq
@@ -77,32 +81,60 @@ def main() -> int:
     problem = LotkaVolterra(LVConfig())
     train = problem.generate("train", 1)
     corr = CorrectionConfig(name="mlp", kind="mlp", width=[32, 32])
-    model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train)
+
+    def build():
+        torch.manual_seed(0)
+        return problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train)
+
+    model = build()
+    st, net = model.stepper, model.correction
     data = train.tensors(torch.device("cpu"), torch.float32)
     batch = problem.batch(data, args.batch, args.steps, torch.Generator().manual_seed(0))
     u0, t, target = batch.inputs["u0"], batch.inputs["t"], batch.targets["u"]
     scale = batch.targets["scale"]
 
-    def loss_step(integrate) -> None:
-        model.zero_grad(set_to_none=True)
+    def unfused(t, u):  # the right-hand side as written: physics + network term, every call
+        return st.known(u) + st.term(net, u)
+
+    fused = lambda: model.coupling.rhs(st, net)  # noqa: E731
+    compiled = accelerate_model(build(), compile=True) if args.compile else None
+    models = {"hybridsim rk4": model}
+    if compiled is not None:
+        models["hybridsim rk4, compile=true"] = compiled
+    if args.amp:  # autocast lowers float32 operations only: a float32 model
+        models["hybridsim rk4, amp=bf16"] = accelerate_model(build(), "bf16")
+
+    def loss_step(integrate, m=model) -> None:
+        m.zero_grad(set_to_none=True)
         loss = (((integrate() - target) / scale) ** 2).mean()
         loss.backward()
 
     cases = {
         "hybridsim rk4": lambda: model(u0, t),
-        "torchdiffeq rk4": lambda: torchdiffeq.odeint(model.rhs, u0, t, method="rk4"),
-        "torchdiffeq rk4, our fused rhs": lambda: torchdiffeq.odeint(
-            model.fused_rhs(), u0, t, method="rk4"
-        ),
-        "torchode rk4 tableau": lambda: torchode_rk4(model.rhs, u0, t),
+        "torchdiffeq rk4": lambda: torchdiffeq.odeint(unfused, u0, t, method="rk4"),
+        "torchdiffeq rk4, our fused rhs": lambda: torchdiffeq.odeint(fused(), u0, t, method="rk4"),
+        "torchode rk4 tableau": lambda: torchode_rk4(unfused, u0, t),
     }
+    notes: dict[str, str] = {}
+    if compiled is not None:
+        t0 = time.perf_counter()
+        loss_step(lambda: compiled(u0, t), compiled)  # the first call compiles fwd and bwd
+        notes["hybridsim rk4, compile=true"] = (
+            f"compile time (first fwd+bwd) {time.perf_counter() - t0:.1f} s"
+        )
+    for k, m in models.items():
+        if k != "hybridsim rk4":
+            cases[k] = lambda m=m: m(u0, t)
     with torch.no_grad():  # same networks, same step count: the solvers must agree
         ref = model(u0, t)
         diffs = {k: float((fn() - ref).abs().max()) for k, fn in cases.items()}
 
     # The cases alternate call by call: drift in machine load affects all alike.
+    owner = {k: models.get(k, model) for k in cases}
     stats = measure_interleaved(
-        {k: (lambda fn=fn: loss_step(fn)) for k, fn in cases.items()}, args.repeats, warmup=3
+        {k: (lambda fn=fn, m=owner[k]: loss_step(fn, m)) for k, fn in cases.items()},
+        args.repeats,
+        warmup=3,
     )
     print(
         f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "
@@ -116,11 +148,17 @@ def main() -> int:
     results = Results("lv_step")
     ours = stats.pop("hybridsim rk4")
     for peer_name, peer in stats.items():
-        print_item(
-            results.add(
+        if peer_name in models:  # an option of hybridsim against its default path
+            name = f"UDE step b{args.batch}x{args.steps} {peer_name.split(', ')[1]} vs eager"
+            item = results.add(
+                name, peer, ours, "hybridsim rk4 eager", note=notes.get(peer_name, "")
+            )
+            item["note"] = (item["note"] + f"; max |diff| {diffs[peer_name]:.1e}").lstrip("; ")
+        else:
+            item = results.add(
                 f"UDE step b{args.batch}x{args.steps} vs {peer_name}", ours, peer, peer_name
             )
-        )
+        print_item(item)
     results.write(args.json)
     return 0
 

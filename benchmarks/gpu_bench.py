@@ -68,11 +68,15 @@ def autocast_networks(modules, device, dtype_name: str = "bfloat16") -> None:
 
         return run
 
+    from hybridsim.nn import NETWORKS
+    from hybridsim.nn.accelerate import accelerate
+
+    amp = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype_name)
     for m in modules:
+        if amp and isinstance(m, (*NETWORKS, torch.nn.ModuleList)):
+            accelerate(m, amp)  # hybridsim's networks: the code path of the user option amp=
+            continue
         m.forward = wrap(m.forward)
-        if hasattr(m, "scaled"):
-            scaled = m.scaled
-            m.scaled = lambda *a, _s=scaled, **k: wrap(_s(*a, **k))
 
 
 def compile_networks(owner, names, device) -> None:

@@ -234,11 +234,13 @@ def _validate_train(cfg: Any) -> dict:
     solver/correction/coupling choices. Returns the resolved config as plain containers."""
     from omegaconf import OmegaConf
 
-    from hybridsim.config import to_typed
+    from hybridsim.config import resolve_device, to_typed
+    from hybridsim.nn import accelerate
     from hybridsim.problems.base import registered
     from hybridsim.tracking import check_installed
 
     typed = to_typed(cfg)
+    accelerate.check(typed.amp, resolve_device(typed.device), typed.dtype)
     problem = registered()[typed.problem.name](typed.problem)
     if parallel.world().active:
         parallel.check_supported(problem, typed.recipe)

@@ -367,6 +367,7 @@ class LoggerConfig:
 # ------------------------------------------------------------------------------ commands
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("float32", "float64")
+AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 @dataclass
@@ -393,12 +394,16 @@ class TrainConfig:
     data_dir: str = "data"
     evaluate: bool = True  # run `eval` on the finished run
     progress: str = "auto"  # auto | rich | plain | none
+    # The correction network only (never the solver): autocast to bf16/fp16, torch.compile.
+    amp: str = "none"  # none | bf16 | fp16
+    compile: bool = False
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _one_of("device", self.device, DEVICES)
         _one_of("dtype", self.dtype, DTYPES)
         _one_of("progress", self.progress, ("auto", "rich", "plain", "none"))
+        _one_of("amp", self.amp, AMP_CHOICES)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from hybridsim.checkpoint import (  # noqa: F401  (CheckpointError re-exported)
 )
 from hybridsim.interrupts import Interrupted
 from hybridsim.interrupts import check as check_interrupt
+from hybridsim.nn import accelerate
 from hybridsim.problems.base import Batch, Problem
 from hybridsim.runlog import (  # noqa: F401  (read_metrics, git_sha re-exported)
     MetricsLog,
@@ -440,6 +441,7 @@ def run_training(
     if world.active and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     dtype = getattr(torch, cfg.dtype)
+    accelerate.check(getattr(cfg, "amp", "none"), device.type, cfg.dtype)
     problem = registered()[cfg.problem.name](cfg.problem)
     coupling = problem.check_run(cfg.solver.name, cfg.correction.name, cfg.coupling, cfg.recipe)
     if world.active:
@@ -525,6 +527,9 @@ def _train_models(
     for i, (name, model) in enumerate(models.items()):
         torch.manual_seed(cfg.seed + 1000 * i)  # each model's init independent of the order
         model.to(device=device, dtype=dtype)
+        accelerate.accelerate_model(
+            model, getattr(cfg, "amp", "none"), getattr(cfg, "compile", False)
+        )
         results[name] = fit(
             problem,
             model,

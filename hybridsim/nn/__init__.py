@@ -12,6 +12,8 @@ from hybridsim.nn.mlp import GroupedMLP
 from hybridsim.nn.resnet import ResNet
 from hybridsim.nn.unet import UNet
 
+NETWORKS = (ConvNet, GroupedMLP, ResNet, UNet)  # what amp / compile apply to (nn.accelerate)
+
 # The spatial dimensions each kind works on (0: a vector, no grid).
 DIMS = {"none": (0, 1, 2, 3), "mlp": (0,), "convnet": (2,), "resnet": (1, 2, 3), "unet": (2, 3)}
 
@@ -87,4 +89,4 @@ def build_correction(
     return make() if copies == 1 else nn.ModuleList(make() for _ in range(copies))
 
 
-__all__ = ["DIMS", "ConvNet", "GroupedMLP", "ResNet", "UNet", "build_correction"]
+__all__ = ["DIMS", "NETWORKS", "ConvNet", "GroupedMLP", "ResNet", "UNet", "build_correction"]

@@ -25,6 +25,12 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+# The memory layout of the convolutions: channels_last (NHWC) measured faster for the CT
+# learned-GD training step on the CPU (docs/benchmarks.md, bench_ct_train.py's A/B rows); the
+# results agree with NCHW to float rounding (a different summation order), not bit for bit.
+CHANNELS_LAST = True
+
+
 class ConvNet(nn.Module):
     """``in_channels -> width[0] -> ... -> out_channels`` convolutions with ``kernel_size``
     kernels and zero padding that keeps the size: ``(batch, in, ny, nx) -> (batch, out, ny, nx)``.
@@ -43,6 +49,7 @@ class ConvNet(nn.Module):
         kernel_size: int = 3,
         activation: str = "relu",
         final_scale: float = 1.0,
+        channels_last: bool = CHANNELS_LAST,
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
@@ -66,6 +73,13 @@ class ConvNet(nn.Module):
             last.bias.zero_()
         self.net = nn.Sequential(*layers)
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.channels_last = channels_last
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if not self.channels_last:
+            return self.net(x)
+        # the convolutions in NHWC (oneDNN's native layout on the CPU), the caller's NCHW back
+        y = self.net(x.contiguous(memory_format=torch.channels_last))
+        return y.contiguous()

@@ -45,6 +45,7 @@ class GroupedMLP(nn.Module):
             )
         self.groups, self.in_features, self.out_features = groups, in_features, out_features
         self.activation = activation
+        self.kernel = grouped_layers  # replaced by nn.accelerate under amp / compile
         sizes = [in_features, *width, out_features]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
@@ -68,38 +69,36 @@ class GroupedMLP(nn.Module):
         ``in_scale``: ``(in_features,)``; ``out_scale``: ``(groups * out_features,)``.
         Differentiable in the parameters; build it anew after every optimiser step.
         """
-        act = ACTIVATIONS[self.activation]
         g, n_out = self.groups, self.out_features
         ws = list(self.weights)
         bs = list(self.biases)
         out = out_scale.reshape(g, 1, n_out)
         ws[0] = ws[0] / in_scale.reshape(1, -1, 1)
         ws[-1], bs[-1] = ws[-1] * out, bs[-1] * out
-        w0, b0 = ws[0], bs[0]
-        hidden = list(zip(ws[1:], bs[1:], strict=True))
-        last = len(hidden) - 1
-
-        def f(x: torch.Tensor) -> torch.Tensor:
-            # (G, batch, width) from the start: every layer one batched multiply-add, no copies.
-            h = act(torch.baddbmm(b0, x.expand(g, *x.shape), w0))
-            for i, (w, b) in enumerate(hidden):
-                h = torch.baddbmm(b, h, w)
-                if i < last:
-                    h = act(h)
-            if g == 1:
-                return h[0]
-            if n_out == 1:  # (G, batch, 1) -> (batch, G) as a view, no copy
-                return h.squeeze(-1).t()
-            return h.transpose(0, 1).reshape(x.shape[0], g * n_out)
-
-        return f
+        kernel, activation = self.kernel, self.activation
+        return lambda x: kernel(x, ws, bs, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        act = ACTIVATIONS[self.activation]
-        h = x.unsqueeze(0).expand(self.groups, *x.shape)  # (G, batch, in)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b, h, w)
-            if i < last:
-                h = act(h)
-        return h.permute(1, 0, 2).reshape(x.shape[0], self.groups * self.out_features)
+        return self.kernel(x, list(self.weights), list(self.biases), self.activation)
+
+
+def grouped_layers(
+    x: torch.Tensor, ws: list[torch.Tensor], bs: list[torch.Tensor], activation: str
+) -> torch.Tensor:
+    """The G networks on ``x`` ``(batch, in)`` -> ``(batch, G * out)``: one batched multiply-add
+    per layer, ``(G, batch, width)`` from the start, no copies. A plain function of the
+    weights, so that ``torch.compile`` of it (``compile=true``) is compiled once, not per
+    optimiser step."""
+    act = ACTIVATIONS[activation]
+    g, n_out = ws[0].shape[0], ws[-1].shape[-1]
+    h = x.expand(g, *x.shape)
+    last = len(ws) - 1
+    for i, (w, b) in enumerate(zip(ws, bs, strict=True)):
+        h = torch.baddbmm(b, h, w)
+        if i < last:
+            h = act(h)
+    if g == 1:
+        return h[0]
+    if n_out == 1:  # (G, batch, 1) -> (batch, G) as a view, no copy
+        return h.squeeze(-1).t()
+    return h.transpose(0, 1).reshape(x.shape[0], g * n_out)

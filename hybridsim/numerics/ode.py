@@ -45,9 +45,10 @@ class RK4(FixedStepSolver):
 
     def step(self, f: RHS, t: torch.Tensor, u: torch.Tensor, h: float) -> torch.Tensor:
         half = 0.5 * h
+        t_half = t + half  # once: a tensor op per call
         k1 = f(t, u)
-        k2 = f(t + half, torch.add(u, k1, alpha=half))
-        k3 = f(t + half, torch.add(u, k2, alpha=half))
+        k2 = f(t_half, torch.add(u, k1, alpha=half))
+        k3 = f(t_half, torch.add(u, k2, alpha=half))
         k4 = f(t + h, torch.add(u, k3, alpha=h))
         # u + h/6 (k1 + 2 k2 + 2 k3 + k4) with fused multiply-adds (fewer kernel launches).
         return torch.add(
