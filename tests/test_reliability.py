@@ -595,7 +595,10 @@ from hybridsim.cli import main
 create, calls = h5py.Group.create_dataset, [0]
 class Finaliser:  # h5py frees objects through callbacks like this one while it writes
     def __del__(self):
-        os.kill(os.getpid(), signal.SIGINT)
+        # raise(3) is thread-directed: the signal lands in this thread, inside the finaliser
+        # (a process-directed kill() may be taken by another of the process's threads under
+        # load, and its handler then runs after the finaliser has returned)
+        signal.raise_signal(signal.SIGINT)
         sum(range(10000))  # the handler runs here, inside the finaliser
 def create_dataset(self, *a, **k):
     calls[0] += 1
@@ -627,7 +630,7 @@ def test_interrupt_swallowed_by_a_finaliser_is_raised_again():
 
     class Finaliser:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # thread-directed, as above
             sum(range(10000))  # the handler raises here, and Python would print and drop it
 
     previous = interrupts.install()
