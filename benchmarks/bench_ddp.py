@@ -13,17 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hybridsim.problems import registered
+
 CT = [
     "problem=ct",
-    "problem.size=24",
-    "problem.n_angles=12",
-    "problem.n_train=8",
-    "problem.n_val=2",
-    "problem.n_test=2",
-    "problem.n_ellipses=20",
-    "problem.tv_iters=10",
-    "solver.n_iter=3",
-    "correction.width=[8,8]",
+    *registered()["ct"].tiny,  # the problem's own tiny settings, as the tests run
     "recipe.steps=20",
     "recipe.batch_size=4",
     "recipe.val_every=5",

@@ -7,25 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import NS_TINY
 
 from hybridsim.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-# Coarse 32 x 16 against 64 x 32, a short warm-up and rollouts: seconds, not minutes.
-TINY = [
-    "problem=ns",
-    "problem.resolution=[32,16]",
-    "problem.factor=2",
-    "problem.warmup=20",
-    "problem.n_frames=10",
-    "problem.n_frames_test=12",
-    "problem.eval_steps=10",
-    "problem.eval_long_steps=11",
-    "problem.val_steps=4",
-    "problem.reynolds_train=[100,800]",
-    "problem.reynolds_val=[300]",
-    "problem.reynolds_test=[200]",
-]
+TINY = NS_TINY
 TRAIN = [
     "recipe.steps=3",
     "recipe.val_every=2",

@@ -24,6 +24,7 @@ import torch
 # cuBLAS needs a fixed workspace for deterministic results; set before CUDA initialises.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
+import tiny  # noqa: E402
 from tiny import CT_TINY, LV_TINY  # noqa: E402
 
 import hybridsim.numerics as numerics  # noqa: E402
@@ -264,23 +265,11 @@ def test_train_resume_bit_for_bit_on_device(tmp_path, interrupt_at, deterministi
 
 # ---- the command line -----------------------------------------------------------------------
 NS_TINY = [
-    "problem=ns",
-    "problem.resolution=[32,16]",
-    "problem.factor=2",
-    "problem.warmup=20",
-    "problem.n_frames=10",
-    "problem.n_frames_test=12",
-    "problem.eval_steps=10",
-    "problem.eval_long_steps=11",
-    "problem.val_steps=4",
-    "problem.reynolds_train=[100,800]",
-    "problem.reynolds_val=[300]",
-    "problem.reynolds_test=[200]",
+    *tiny.NS_TINY,
     "recipe.steps=3",
     "recipe.val_every=2",
     "recipe.log_every=1",
     "recipe.unroll=[2]",
-    "correction.width=[8]",
 ]
 CT_TRAIN = ["recipe.steps=3", "recipe.val_every=2", "recipe.log_every=1"]
 

@@ -1,10 +1,17 @@
 """Tiny settings shared by CLI-level tests: a run of a few seconds that still trains,
-checkpoints, validates and logs every step (tests add what they vary)."""
+checkpoints, validates and logs every step (tests add what they vary). The problem-specific part
+is each problem's own ``Problem.tiny`` (what the registry tests run), never a copy of it."""
+
+from hybridsim.problems import registered
+
+
+def tiny(name: str) -> list[str]:
+    """``problem=<name>`` and that problem's declared tiny overrides."""
+    return [f"problem={name}", *registered()[name].tiny]
+
 
 LV_TINY = [
-    "problem=lv",
-    "problem.t_train=1.0",
-    "problem.t_test=2.0",
+    *tiny("lv"),
     "recipe.steps=6",
     "recipe.polish=none",
     "recipe.val_every=2",
@@ -12,18 +19,9 @@ LV_TINY = [
     "recipe.unroll=[3]",
     "recipe.baselines=false",
     "progress=none",
-    "correction.width=[8]",
 ]
 
-CT_TINY = [
-    "problem=ct",
-    "problem.size=24",
-    "problem.n_angles=12",
-    "problem.n_train=8",
-    "problem.n_val=2",
-    "problem.n_test=2",
-    "problem.n_ellipses=20",
-    "problem.tv_iters=10",
-    "solver.n_iter=3",
-    "correction.width=[8,8]",
-]
+CT_TINY = tiny("ct")
+
+# coarse 32 x 16 against 64 x 32, a short warm-up and rollouts: seconds, not minutes
+NS_TINY = tiny("ns")
