@@ -2,9 +2,10 @@
 batch 4, 20 steps, seeds 1-3, float32 and float64. Prints the largest relative difference of
 the training loss per run (median [min, max] over the seeds) and the CPU time of each.
 
-python benchmarks/bench_ddp.py [OUT_DIR]      (default: outputs/bench_ddp; about 3 minutes)
+python benchmarks/bench_ddp.py [--out DIR] [--seeds 1 2 3] [--steps 20]   (about 3 minutes)
 """
 
+import argparse
 import json
 import os
 import resource
@@ -18,7 +19,6 @@ from hybridsim.problems import registered
 CT = [
     "problem=ct",
     *registered()["ct"].tiny,  # the problem's own tiny settings, as the tests run
-    "recipe.steps=20",
     "recipe.batch_size=4",
     "recipe.val_every=5",
     "recipe.log_every=1",
@@ -48,21 +48,28 @@ def spread(values: list[float], fmt: str) -> str:
     return f"{med:{fmt}} [{lo:{fmt}}, {hi:{fmt}}] (n={len(values)})"
 
 
-def main() -> int:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/bench_ddp").resolve()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="outputs/bench_ddp", help="where the runs go")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--steps", type=int, default=20, help="training steps per run")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    out = Path(args.out).resolve()
     hybridsim = [sys.executable, "-m", "hybridsim", "train"]
     cpu: dict[str, list[float]] = {"ddp": [], "one": []}
     for dtype in ("float32", "float64"):
         dev = []
-        for seed in (1, 2, 3):
-            args = [*CT, f"dtype={dtype}", f"seed={seed}"]
+        for seed in args.seeds:
+            run_args = [*CT, f"recipe.steps={args.steps}", f"dtype={dtype}", f"seed={seed}"]
             ddp, one = out / f"ddp_{dtype}_{seed}", out / f"one_{dtype}_{seed}"
             cpu["ddp"].append(
-                run([*TORCHRUN, "-m", "hybridsim", "train", *args, f"hydra.run.dir={ddp}"])
+                run([*TORCHRUN, "-m", "hybridsim", "train", *run_args, f"hydra.run.dir={ddp}"])
             )
-            cpu["one"].append(run([*hybridsim, *args, f"hydra.run.dir={one}"]))
+            cpu["one"].append(run([*hybridsim, *run_args, f"hydra.run.dir={one}"]))
             a, b = losses(ddp), losses(one)
-            assert len(a) == len(b) == 20, (len(a), len(b))
+            assert len(a) == len(b) == args.steps, (len(a), len(b))
             dev.append(max(abs(x - y) / abs(y) for x, y in zip(a, b, strict=True)))
         print(
             f"{dtype}: largest relative loss difference, DDP vs one process: {spread(dev, '.2g')}"

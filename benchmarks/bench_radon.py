@@ -19,12 +19,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-try:
-    from skimage.transform import iradon, radon
-except ImportError:
-    print("bench_radon: scikit-image is not installed (pip install scikit-image); skipping.")
-    sys.exit(0)
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Results, measure_interleaved, print_item, scaled  # noqa: E402
 
@@ -35,6 +29,8 @@ BATCH, N, REPEATS, PEER_IMAGES = 32, 128, 7, 4
 
 
 def unfiltered_bp(sinogram: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    from skimage.transform import iradon
+
     return iradon(sinogram, theta, filter_name=None, circle=False, output_size=N)
 
 
@@ -43,6 +39,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--json", help="write the work items here")
     args = parser.parse_args()
+    try:
+        from skimage.transform import radon
+    except ImportError:
+        print("bench_radon: scikit-image is not installed (pip install scikit-image); skipping.")
+        return
     torch.set_num_threads(1)
     images = random_phantoms(BATCH, N, np.random.default_rng(0), dtype=torch.float32)
     results = Results("radon")

@@ -9,6 +9,7 @@ the true image (= 1). Paper: FBP 19.75 dB, TV 29.83 dB.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import os
 import time
@@ -34,7 +35,8 @@ SEEDS = (0, 1, 2)
 CUTOFFS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     torch.set_num_threads(1)
     x = shepp_logan(128, dtype=torch.float64)
     op = RayTransform(128, angles=30, normalize=True)

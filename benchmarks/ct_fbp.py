@@ -18,6 +18,7 @@ deterministic given the noise), and the noiseless value.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
@@ -133,7 +134,8 @@ def backprojection(op: RayTransform, kind: str) -> Callable[[torch.Tensor], torc
     return lambda p: op.A_adjoint(p) / op.scale * w * (math.pi / op.n_angles)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
     torch.set_num_threads(1)
     x = shepp_logan(SIZE, dtype=torch.float64)
     op = RayTransform(SIZE, angles=N_ANGLES, normalize=True)

@@ -198,3 +198,21 @@ def test_markdown_table_of_a_results_file(tmp_path):
     assert len(rows) == 2 and "10.00x" in rows[0] and "peer:" in rows[0]
     assert rows[1].count("|") - rows[1].count("\\|") == 7 and "x |" not in rows[1]
     assert "commit abc" in text
+
+
+SCRIPTS = sorted(p.name for p in BENCH.glob("*.py") if p.name != "common.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_benchmark_answers_help_and_writes_nothing(tmp_path, script):
+    """``--help`` prints usage and exits 0 without running anything (no folder, no file)."""
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / script), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "usage:" in proc.stdout
+    assert list(tmp_path.iterdir()) == []
