@@ -4,12 +4,13 @@ One plain loop (after nanoGPT): draw a batch from the problem, backpropagate the
 through the unrolled solver, clip, step. Checkpoints (``last.pt`` every validation, ``best.pt``
 on the best validation loss) hold the model, optimiser, scheduler, step, best metric, RNG states
 and the resolved config as plain containers, written atomically; resuming from ``last.pt``
-continues the run bit for bit on CPU. An optional L-BFGS polish on the full horizon follows.
+continues the run bit for bit on CPU. An optional L-BFGS polish follows (hybridsim.polish).
 
 Divergence (a non-finite loss, gradient, parameter or validation loss) stops the fit with a
 message that says which of them diverged and the setting most likely to blame; a checkpoint is
 never written with non-finite parameters or after a non-finite validation loss, so ``last.pt``
-stays the last good state. ``metrics.jsonl`` is strict JSON (non-finite values as ``null``).
+stays the last good state (the messages: hybridsim.divergence). ``metrics.jsonl`` is strict
+JSON (non-finite values as ``null``).
 """
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ from hybridsim.checkpoint import (  # noqa: F401  (CheckpointError re-exported)
     save_atomic,
     write_json_atomic,
 )
+from hybridsim.divergence import (  # noqa: F401  (the exceptions re-exported)
+    TrainingDiverged,
+    TrainingError,
+    diverged,
+    loss_cause,
+    lr_cause,
+    non_finite,
+)
 from hybridsim.interrupts import Interrupted
 from hybridsim.interrupts import check as check_interrupt
 from hybridsim.nn import accelerate
-from hybridsim.problems.base import Batch, Problem
+from hybridsim.polish import lbfgs, polish
+from hybridsim.problems.base import Problem
 from hybridsim.runlog import (  # noqa: F401  (read_metrics, git_sha re-exported)
     MetricsLog,
     Progress,
@@ -50,14 +60,6 @@ from hybridsim.runlog import (  # noqa: F401  (read_metrics, git_sha re-exported
     read_metrics,
 )
 from hybridsim.schemas import RecipeConfig
-
-
-class TrainingDiverged(RuntimeError):
-    """Training produced a non-finite value; the last good checkpoint is kept."""
-
-
-class TrainingError(RuntimeError):
-    """A model that cannot be trained as configured (the message names the setting)."""
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: RecipeConfig) -> torch.optim.Optimizer:
@@ -165,7 +167,7 @@ def fit(
                 if run.step % recipe.val_every == 0 or run.step == recipe.steps:
                     run.checkpoint()
             if recipe.polish == "lbfgs" and recipe.polish_steps > 0:
-                _polish(run, train_data, total, bar)
+                polish(run, train_data, total, bar)
             run.checkpoint(done=True)
         finally:
             bar.close()
@@ -219,15 +221,15 @@ class _Fit:
         self.gen.set_state(ck.rng["batch"])
         torch.set_rng_state(ck.rng["torch"])
         if self.phase == "lbfgs":
-            self.polish_opt = _lbfgs(self.params)
+            self.polish_opt = lbfgs(self.params)
             self.polish_opt.load_state_dict(ck.polish_optimizer)
             self.polish_prev, self.polish_stage = ck.polish_prev, ck.polish_stage
 
     def diverged(self, what: str, cause: str) -> TrainingDiverged:
-        return _diverged(self.name, self.step, self.phase, what, cause, self.last)
+        return diverged(self.name, self.step, self.phase, what, cause, self.last)
 
     def lr_cause(self) -> str:
-        return _lr_cause(self.recipe, self.sched)
+        return lr_cause(self.recipe, self.sched)
 
     def adam_step(
         self, train_data: Mapping[str, torch.Tensor], unroll: int, ddp: Any
@@ -244,7 +246,7 @@ class _Fit:
             value = float(loss.detach())
         if not math.isfinite(value):
             raise self.diverged(
-                *_loss_cause(model, batch, value, self.step, unroll, recipe, self.sched)
+                *loss_cause(model, batch, value, self.step, unroll, recipe, self.sched)
             )
         if not loss.requires_grad:
             raise TrainingError(
@@ -284,7 +286,7 @@ class _Fit:
 
     def checkpoint(self, done: bool = False) -> None:
         """Validate, log, and save ``last.pt`` (and ``best.pt`` on a new best loss)."""
-        bad = _non_finite(self.model)
+        bad = non_finite(self.model)
         if bad:
             raise self.diverged(f"parameter {bad} is non-finite", self.lr_cause())
         metrics = self.problem.validate(self.model, self.val_data)
@@ -303,117 +305,6 @@ class _Fit:
                 save_atomic(ck, self.best_path)
         if main:
             save_atomic(ck, self.last)
-
-
-def _polish(run: _Fit, train_data: Mapping[str, torch.Tensor], total: int, bar: Progress) -> None:
-    """The L-BFGS polish after the first-order phase: ``recipe.polish_unroll`` stages (e.g. all
-    windows of 20 intervals, then the full trajectories) spread over ``recipe.polish_steps``
-    iterations, each stage with a fresh L-BFGS memory and ending early once an iteration finds
-    no decrease (the line search has converged to float precision)."""
-    recipe, problem, model = run.recipe, run.problem, run.model
-    run.phase = "lbfgs"
-    stages = recipe.polish_unroll
-    batch = None
-    while run.step < total:
-        stage = min((run.step - recipe.steps) * len(stages) // recipe.polish_steps, len(stages) - 1)
-        if run.polish_opt is None or stage != run.polish_stage:
-            run.polish_opt, run.polish_stage, run.polish_prev = _lbfgs(run.params), stage, None
-            batch = problem.polish_batch(train_data, stages[stage])
-        elif batch is None:
-            batch = problem.polish_batch(train_data, stages[stage])
-        model.train()
-
-        def closure(opt=run.polish_opt, batch=batch) -> torch.Tensor:
-            opt.zero_grad(set_to_none=True)
-            value = problem.loss(model, batch)
-            if not torch.isfinite(value.detach()):
-                # A trial point of the line search where the rollout blew up: +inf (not NaN,
-                # which compares false) makes the search back off from it.
-                return torch.full_like(value.detach(), float("inf"))
-            value.backward()
-            return value
-
-        value = float(run.polish_opt.step(closure).detach())
-        if not math.isfinite(value):
-            raise run.diverged(
-                f"the L-BFGS loss is {value}",
-                f"the model blows up over recipe.polish_unroll={stages[stage]}",
-            )
-        bad = _non_finite(model)
-        if bad:
-            raise run.diverged(
-                f"parameter {bad} is non-finite after an L-BFGS step",
-                f"the polish diverged (recipe.polish_unroll={stages[stage]}); "
-                "recipe.polish=none keeps the first-order result",
-            )
-        check_interrupt()
-        stalled = run.polish_prev is not None and value >= run.polish_prev
-        run.polish_prev = value
-        run.step += 1
-        if stalled:  # on to the next stage
-            run.log.write(run.step, run.phase, {"polish/stage_converged": stage})
-            next_stage = recipe.steps + -(-(stage + 1) * recipe.polish_steps // len(stages))
-            run.step = max(run.step, next_stage)
-        logged = run.step % recipe.log_every == 0
-        if logged:
-            run.log.write(run.step, run.phase, {"train/loss": value, "unroll": stages[stage]})
-        bar.update(run.step, f"L-BFGS loss {value:.3e} unroll {stages[stage]}", logged)
-        if run.step % recipe.val_every == 0 or run.step >= total or stalled:
-            run.checkpoint()
-
-
-def _lbfgs(params: list[nn.Parameter]) -> torch.optim.LBFGS:
-    # One iteration per outer step (so progress, checkpoints and resume work per iteration);
-    # max_eval must be set explicitly: its default (max_iter * 5 // 4 = 1) leaves the line
-    # search no evaluation, and L-BFGS then never moves.
-    return torch.optim.LBFGS(
-        params, lr=1.0, max_iter=1, max_eval=25, history_size=50, line_search_fn="strong_wolfe"
-    )
-
-
-def _diverged(name: str, step: int, phase: str, what: str, cause: str, last: Path) -> Exception:
-    kept = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
-    return TrainingDiverged(
-        f"training of {name} diverged at step {step} ({phase}): {what}; likely cause: {cause}; "
-        f"{kept}"
-    )
-
-
-def _non_finite(model: nn.Module) -> str | None:
-    """The name of the first parameter or floating buffer with a non-finite entry, if any."""
-    tensors = [(k, v) for k, v in model.state_dict().items() if v.is_floating_point()]
-    if not tensors:
-        return None
-    finite = torch.stack([torch.isfinite(v).all() for _, v in tensors]).tolist()
-    return next((k for (k, _), ok in zip(tensors, finite, strict=True) if not ok), None)
-
-
-def _lr_cause(recipe: RecipeConfig, sched: torch.optim.lr_scheduler.LRScheduler) -> str:
-    return f"recipe.lr={recipe.lr:g} (now {sched.get_last_lr()[0]:.3g}) is too large"
-
-
-def _loss_cause(
-    model: nn.Module, batch: Batch, value: float, step: int, unroll: int, recipe, sched
-) -> tuple[str, str]:
-    """What made the training loss non-finite, and the setting most likely to blame."""
-    what = f"non-finite loss ({value})"
-    for part in (batch.inputs, batch.targets):
-        for key, t in part.items():
-            if torch.is_tensor(t) and t.is_floating_point() and not torch.isfinite(t).all():
-                return f"{what}: the training batch's {key!r} holds non-finite values", (
-                    "the data file (delete it and generate it again)"
-                )
-    bad = _non_finite(model)
-    if bad:
-        return f"{what}: parameter {bad} is non-finite", _lr_cause(recipe, sched)
-    if step == 0:
-        return f"{what} before any update", (
-            "the untrained model blows up: a solver setting (solver.*), correction.init_scale, "
-            f"or recipe.unroll={unroll}"
-        )
-    return f"{what} (parameters finite)", (
-        f"{_lr_cause(recipe, sched)}, or recipe.unroll={unroll} is too long for this model"
-    )
 
 
 def run_training(
