@@ -42,13 +42,11 @@ from hybridsim.hybrid import coupling as make_coupling
 from hybridsim.nn import build_correction
 from hybridsim.numerics.burgers import (
     DEFAULTS,
-    FLUXES,
-    LIMITERS,
-    CoarseBurgers,
     cell_centers,
     random_initial_conditions,
     reference_trajectory,
 )
+from hybridsim.numerics.burgers_fv import FLUXES, LIMITERS, CoarseBurgers
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, register
 from hybridsim.schemas import MISSING, ConfigError, CorrectionConfig, _one_of, _positive
