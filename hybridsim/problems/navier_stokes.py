@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,8 +68,8 @@ from hybridsim.numerics.scenarios import (
     periodic_grid,
     taylor_green_velocity,
 )
-from hybridsim.problems import navier_stokes_eval
 from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, SplitData, register
+from hybridsim.problems.navier_stokes_eval import NSEvaluation
 from hybridsim.problems.navier_stokes_flow import CoarseFlow, State
 from hybridsim.schemas import CorrectionConfig, FluidSolverConfig, NSConfig
 
@@ -88,7 +87,7 @@ def _masked_sq_error(pred: State, ref: State, open_: tuple[torch.Tensor, ...]) -
 
 
 @register
-class NavierStokes(Problem):
+class NavierStokes(NSEvaluation, Problem):
     name = "ns"
     solvers = ("semi_lagrangian", "maccormack")
     corrections = ("none", "resnet", "resnet_paper", "unet")
@@ -322,7 +321,7 @@ class NavierStokes(Problem):
         return Hybrid(stepper, net, make_coupling(coupling), gradient)
 
     # -------------------------------------------------------------- training
-    def _components(self) -> tuple[str, ...]:
+    def components(self) -> tuple[str, ...]:
         return COMPONENTS[: self.dim]
 
     def batch(
@@ -336,7 +335,7 @@ class NavierStokes(Problem):
         dev = data["u"].device
         sim = torch.randint(n_sim, (batch_size,), generator=gen).to(dev)
         start = torch.randint(n_t - unroll, (batch_size,), generator=gen).to(dev)
-        batch = self._windows(data, sim, start, unroll)
+        batch = self.windows(data, sim, start, unroll)
         if self.cfg.train_noise > 0:
             self._add_noise(batch.inputs, self.cfg.train_noise, gen)
         return batch
@@ -347,7 +346,7 @@ class NavierStokes(Problem):
         ``noise`` has unit rms; with ``problem.train_noise_cells = c > 1`` it is drawn on a grid
         ``c`` times coarser and interpolated (multilinear) to the faces, so that it perturbs the
         large scales too (white noise, ``c = 1``, hardly touches them)."""
-        comps = self._components()
+        comps = self.components()
         ref = inputs[comps[0]]
         open_ = self.coarse_grid.consts(ref.dtype, ref.device)["open"]
         total = sum(
@@ -370,12 +369,12 @@ class NavierStokes(Problem):
                 draw = torch.randn(shape, generator=gen, dtype=ref.dtype)
             inputs[c] = inputs[c] + level * rms * draw.to(ref.device) * m
 
-    def _windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
+    def windows(self, data, sim: torch.Tensor, start: torch.Tensor, unroll: int) -> Batch:
         idx = start[:, None] + torch.arange(unroll + 1, device=start.device)
-        win = {c: data[c][sim[:, None], idx] for c in (*self._components(), "p")}
+        win = {c: data[c][sim[:, None], idx] for c in (*self.components(), "p")}
         return Batch(
             inputs={"reynolds": data["reynolds"][sim], **win},
-            targets={c: win[c][:, 1:] for c in self._components()},
+            targets={c: win[c][:, 1:] for c in self.components()},
         )
 
     def predict(self, model: Hybrid, batch: Batch, teacher_forcing: bool) -> State:
@@ -383,7 +382,7 @@ class NavierStokes(Problem):
 
         Free rollout from the first frame (SOL), or one step from each reference frame with no
         gradient through the solver (NON)."""
-        comps = (*self._components(), "p")
+        comps = (*self.components(), "p")
         re = batch.inputs["reynolds"]
         b, n1 = batch.inputs["u"].shape[:2]
         n = n1 - 1
@@ -400,7 +399,7 @@ class NavierStokes(Problem):
     def loss(self, model: Hybrid, batch: Batch) -> torch.Tensor:
         """Mean over steps and samples of the squared velocity error on open faces."""
         pred = self.predict(model, batch, teacher_forcing=model.coupling.teacher_forced)
-        ref = tuple(batch.targets[c] for c in self._components())
+        ref = tuple(batch.targets[c] for c in self.components())
         open_ = model.stepper.grid.consts(ref[0].dtype, ref[0].device)["open"]
         return _masked_sq_error(pred, ref, open_)
 
@@ -413,10 +412,10 @@ class NavierStokes(Problem):
         sim = torch.arange(n_sim).repeat_interleave(len(starts))
         start = starts.repeat(n_sim)
         dev = data["u"].device
-        batch = self._windows(data, sim.to(dev), start.to(dev), steps)
+        batch = self.windows(data, sim.to(dev), start.to(dev), steps)
         with torch.no_grad():
             pred = self.predict(model, batch, teacher_forcing=False)
-        ref = tuple(batch.targets[c] for c in self._components())
+        ref = tuple(batch.targets[c] for c in self.components())
         open_ = model.stepper.grid.consts(ref[0].dtype, ref[0].device)["open"]
         loss = float(_masked_sq_error(pred, ref, open_))
         norm = float(_masked_sq_error(tuple(torch.zeros_like(r) for r in ref), ref, open_))
@@ -424,13 +423,3 @@ class NavierStokes(Problem):
             "loss": loss if math.isfinite(loss) else float("inf"),
             "rel_l2": math.sqrt(loss / norm) if math.isfinite(loss) else float("inf"),
         }
-
-    # ------------------------------------------------------------ evaluation
-    def evaluate(
-        self,
-        models: Mapping[str, nn.Module],
-        test: SplitData,
-        train: SplitData,
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        return navier_stokes_eval.evaluate(self, models, test, out_dir)
