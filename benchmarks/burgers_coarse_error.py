@@ -22,12 +22,12 @@ import torch  # noqa: E402
 
 from hybridsim.numerics.burgers import (  # noqa: E402
     DEFAULTS,
-    CoarseBurgers,
     random_initial_conditions,
     reference_substeps,
     reference_trajectory,
     relative_l2,
 )
+from hybridsim.numerics.burgers_fv import CoarseBurgers  # noqa: E402
 
 STEPS = (1, 10, 25, 50, 100)
 SCHEMES = (

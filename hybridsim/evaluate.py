@@ -1,10 +1,19 @@
 """Scoring saved checkpoints: rebuild the models from the run's own config, evaluate them, the
-solver alone and the baselines on the test split, write ``eval/metrics.json`` and plots."""
+solver alone and the baselines on the test split, write ``eval/metrics.json`` and plots.
+
+:func:`evaluate_models` is the one evaluation loop of every problem: the device and dtype are the
+run's, each model's prediction is made under ``torch.no_grad()`` through the problem's hooks
+(``hybridsim.problems.base.Problem``: ``eval_case``, ``predict_case``, ``metrics``,
+``summarise``, ``plots``), the gain over the solver alone is computed here, and the figures are
+saved here.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,7 @@ from hybridsim.config import (
 )
 from hybridsim.data import (
     NotARegularFile,
+    SplitData,
     data_path,
     read_split,
     require_regular_file,
@@ -80,6 +90,7 @@ def run_eval(
         raise EvalError(str(e)) from None
     dev = torch.device(resolve_device(device))
     dtype = getattr(torch, cfg.dtype)
+    like = {"device": dev, "dtype": dtype}
     problem: Problem = registered()[cfg.problem.name](cfg.problem)
     path = data_path(problem, data_dir or cfg.data_dir)
     train, test = read_split(path, "train"), read_split(path, "test")
@@ -97,7 +108,7 @@ def run_eval(
     loaded = {}
     for name, model in models.items():
         if name in untrained and name != "hybrid":
-            loaded[name] = model.to(device=dev, dtype=dtype).eval()
+            loaded[name] = model.to(**like).eval()
             continue
         file = ckpt_path if name == "hybrid" else run_dir / "checkpoints" / name / ckpt_path.name
         if not file.exists():
@@ -111,12 +122,10 @@ def run_eval(
             raise EvalError(
                 f"checkpoint {file} cannot be loaded ({type(e).__name__}: {e})"
             ) from None
-        loaded[name] = model.to(device=dev, dtype=dtype).eval()
+        loaded[name] = model.to(**like).eval()
     out_dir = run_dir / "eval"
-    tuned = problem.tune_baselines(loaded, read_split(path, "val"))
-    result = problem.evaluate(loaded, test, train, out_dir / "plots")
-    if tuned:
-        result["tuned_on_validation"] = tuned
+    val = read_split(path, "val")
+    result = evaluate_models(problem, loaded, test, train, val, out_dir / "plots", like)
     result["checkpoint"] = str(ckpt_path)
     result["data"] = str(path)
     # CPU seconds (run-level metrics in `hybridsim report`): this evaluation, and the training
@@ -131,6 +140,64 @@ def run_eval(
             out_dir / "equations.txt", "\n".join(result["discovery"]["equations"]) + "\n"
         )
     return result
+
+
+def evaluate_models(
+    problem: Problem,
+    models: Mapping[str, torch.nn.Module],
+    test: SplitData,
+    train: SplitData,
+    val: SplitData,
+    plot_dir: Path,
+    like: dict[str, Any],
+) -> dict[str, Any]:
+    """Score ``models`` (on ``like``'s device and dtype, in eval mode), the problem's extra
+    models before them, on ``test``; save the plots under ``plot_dir``.
+
+    Returns ``{"table": {model: {metric: value}}, **summary}`` (plus ``tuned_on_validation``
+    when the problem chose a comparator's setting on ``val``). With ``problem.headline_error``
+    every row but the solver alone's gets ``gain_over_solver`` (:func:`gain_over_solver`)."""
+    tuned = problem.tune_baselines(models, val, like)
+    case = problem.eval_case(test, train, like)
+    extra = problem.extra_models(models)
+    if set(extra) & set(models):
+        raise ValueError(f"extra models {sorted(set(extra) & set(models))} shadow loaded ones")
+    table: dict[str, dict[str, float]] = {}
+    preds: dict[str, Any] = {}
+    for name, model in {**extra, **models}.items():
+        with torch.no_grad():
+            preds[name] = problem.predict_case(model, case)
+            table[name] = problem.metrics(preds[name], case)
+    if problem.headline_error is not None:
+        gain_over_solver(table, problem.headline_error, problem.solver_alone())
+    result: dict[str, Any] = {"table": table}
+    result.update(problem.summarise(table, preds, case, models))
+    if tuned:
+        result["tuned_on_validation"] = tuned
+    save_figures(problem.plots(preds, case, result), plot_dir)
+    return result
+
+
+def gain_over_solver(table: dict[str, dict[str, float]], metric: str, solver: str | None) -> None:
+    """Add ``gain_over_solver`` = the solver alone's ``metric`` over the model's (lower is
+    better, so > 1: the model beats the solver; ``inf`` for an exact model) to every row but
+    the solver alone's (named ``solver``: :meth:`Problem.solver_alone`), in place; nothing
+    without that row."""
+    if solver not in table:
+        return
+    src = table[solver][metric]
+    for name, row in table.items():
+        if name != solver:
+            own = row[metric]
+            row["gain_over_solver"] = src / own if own != 0 else math.inf
+
+
+def save_figures(figures: Mapping[str, Any], out_dir: Path) -> None:
+    """Each ``{file name: matplotlib Figure}`` as ``out_dir/<file name>`` at the figure's dpi."""
+    if figures:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    for name, fig in figures.items():
+        fig.savefig(out_dir / name, dpi=fig.dpi)
 
 
 def _train_cpu_seconds(run_dir: Path) -> float | None:

@@ -7,9 +7,6 @@ import torch
 
 from hybridsim.numerics.burgers import (
     DEFAULTS,
-    FLUXES,
-    LIMITERS,
-    CoarseBurgers,
     SpectralBurgers,
     cell_average,
     energy,
@@ -20,6 +17,7 @@ from hybridsim.numerics.burgers import (
     reference_trajectory,
     relative_l2,
 )
+from hybridsim.numerics.burgers_fv import FLUXES, LIMITERS, CoarseBurgers
 
 F64 = {"dtype": torch.float64}
 TWO_PI = 2 * math.pi

@@ -22,6 +22,7 @@ from hybridsim.train import fit
 
 FRESH = CTConfig(size=24, n_angles=12, n_val=3, n_test=2, n_ellipses=20, tv_iters=20)
 NET = CorrectionConfig(name="convnet", kind="convnet", activation="relu", width=[8, 8])
+CPU32 = {"device": torch.device("cpu"), "dtype": torch.float32}  # the run's device and dtype
 
 
 def test_batched_sampler_matches_the_per_phantom_renderer_and_its_distribution():
@@ -119,7 +120,7 @@ def test_tv_lambda_is_chosen_on_validation_and_used_at_test():
     problem = Tomography(replace(FRESH, tv_lam_grid=[1e-5, 1e-3, 1.0]))
     val = problem.generate("val", 2)
     model = problem.build_model(CTSolverConfig(name="gd", n_iter=2), NET, "update", None)
-    chosen = problem.tune_baselines({"hybrid": model}, val)
+    chosen = problem.tune_baselines({"hybrid": model}, val, CPU32)
     sino, true = torch.as_tensor(val.arrays["sinogram"]), torch.as_tensor(val.arrays["image"])
     scores = {}
     for lam in (1e-5, 1e-3, 1.0):
@@ -136,7 +137,7 @@ def test_tv_lambda_is_chosen_on_validation_and_used_at_test():
     assert 1e-5 < chosen["tv_lam"] < 1.0 and not chosen["tv_lam_at_grid_edge"]
     # a configured λ is used as it is, and nothing is tuned
     fixed = Tomography(replace(FRESH, tv_lam=2e-3))
-    assert fixed.tune_baselines({"hybrid": model}, val) == {}
+    assert fixed.tune_baselines({"hybrid": model}, val, CPU32) == {}
 
 
 def test_tv_lambda_search_goes_past_the_grid_when_the_best_is_at_its_edge(monkeypatch):
@@ -153,14 +154,16 @@ def test_tv_lambda_search_goes_past_the_grid_when_the_best_is_at_its_edge(monkey
         return {"tv": lambda sino: true + error * (wiggle - 0.5)}
 
     monkeypatch.setattr(tomography_eval, "classical", classical)
-    chosen = tomography_eval.choose_tv_lambda(problem, model, val, [1e-4, 1e-3, 1e-2])
+    chosen = tomography_eval.choose_tv_lambda(problem, model, val, [1e-4, 1e-3, 1e-2], CPU32)
     assert 0.1 <= chosen["tv_lam"] <= 1.0 and not chosen["tv_lam_at_grid_edge"]
     tried = sorted(float(k) for k in chosen["tv_val_psnr"])
     assert tried[-1] > chosen["tv_lam"], "the search stops one step past the optimum"
     # below the grid as well; with no extension allowed, the edge is reported
-    capped = tomography_eval.choose_tv_lambda(problem, model, val, [3.0, 10.0], max_extensions=0)
+    capped = tomography_eval.choose_tv_lambda(
+        problem, model, val, [3.0, 10.0], CPU32, max_extensions=0
+    )
     assert capped["tv_lam"] == 3.0 and capped["tv_lam_at_grid_edge"]
-    below = tomography_eval.choose_tv_lambda(problem, model, val, [3.0, 10.0])
+    below = tomography_eval.choose_tv_lambda(problem, model, val, [3.0, 10.0], CPU32)
     assert 0.1 <= below["tv_lam"] <= 1.0 and not below["tv_lam_at_grid_edge"]
 
 

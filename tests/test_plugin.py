@@ -96,12 +96,16 @@ class Decay(Problem):
         pred = model(batch.inputs["u0"], batch.inputs["t"])
         return (pred - batch.targets["u"]).square().mean()
 
-    def evaluate(self, models, test, train, out_dir):
-        data = {k: torch.as_tensor(v) for k, v in {**test.arrays, **test.coords}.items()}
-        with torch.no_grad():
-            table = {n: {"mse": float(self.loss(m.double(), self.full_batch(data)))}
-                     for n, m in models.items()}
-        return {"table": table}
+    # evaluation: the case once, then each model's prediction and its row of the table
+    def eval_case(self, test, train, like):
+        arrays = {**test.arrays, **test.coords}
+        return self.full_batch({k: torch.as_tensor(v, **like) for k, v in arrays.items()})
+
+    def predict_case(self, model, case):
+        return model(case.inputs["u0"], case.inputs["t"])
+
+    def metrics(self, pred, case):
+        return {"mse": float((pred - case.targets["u"]).square().mean())}
 '''
 
 YAML = """\

@@ -4,8 +4,9 @@ adding a problem (hybridsim.problems.registered(), with its ``tiny`` overrides) 
 
 Per problem: a zero correction reproduces the solver alone for every coupling that has a solver
 term; checkpointed backpropagation gives full backpropagation's gradient; a few optimiser steps
-on one batch lower the loss; the data of its (tiny) defaults are finite; and generate -> train
--> eval -> resume -> report runs through the installed console script.
+on one batch lower the loss; the data of its (tiny) defaults are finite; the evaluation loop
+scores every model and the solver alone with finite metrics and writes plots; and generate ->
+train -> eval -> resume -> report runs through the installed console script.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import hybridsim
 from hybridsim.cli import main
 from hybridsim.config import register_schemas, to_typed
 from hybridsim.data import SPLITS, check_finite
+from hybridsim.evaluate import evaluate_models
 from hybridsim.numerics.ode import SOLVERS, odeint
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import registered
@@ -135,6 +137,49 @@ def test_a_few_steps_lower_the_loss(setup):
         losses.append(float(loss.detach()))
     assert all(map(math.isfinite, losses))
     assert losses[-1] < losses[0], f"{problem.name}: loss {losses[0]:.4g} -> {losses[-1]:.4g}"
+
+
+@pytest.fixture(scope="module")
+def evaluated(setup, tmp_path_factory):
+    """The evaluation loop on the tiny defaults' models (untrained) and every comparator, on the
+    CPU in the run's dtype: (problem, model names, result, plot directory)."""
+    cfg, problem, splits = setup
+    like = {"device": torch.device("cpu"), "dtype": getattr(torch, cfg.dtype)}
+    coupling = problem.check_choices(cfg.solver.name, cfg.correction.name, cfg.coupling)
+    torch.manual_seed(0)
+    models = problem.model_set(
+        cfg.solver, cfg.correction, coupling, splits["train"], baselines=True, untrained=True
+    )
+    models = {name: m.to(**like).eval() for name, m in models.items()}
+    plots = tmp_path_factory.mktemp(f"eval-{problem.name}") / "plots"
+    result = evaluate_models(
+        problem, models, splits["test"], splits["train"], splits["val"], plots, like
+    )
+    return problem, list(models), result, plots
+
+
+def test_evaluation_scores_every_model_and_the_solver_alone(evaluated):
+    problem, names, result, _ = evaluated
+    table = result["table"]
+    solver = problem.solver_alone()
+    assert solver in table, f"{problem.name}: no row for the solver alone ({solver})"
+    assert set(names) <= set(table), f"{problem.name}: {sorted(table)} lacks some of {names}"
+    for name, row in table.items():
+        for metric, value in row.items():
+            assert math.isfinite(value), f"{problem.name}: {name}/{metric} = {value}"
+    if problem.headline_error is not None:
+        src = table[solver][problem.headline_error]
+        for name, row in table.items():
+            if name != solver:
+                assert row["gain_over_solver"] == src / row[problem.headline_error], name
+    json.dumps(result, allow_nan=False)  # eval/metrics.json holds it as it is
+
+
+def test_evaluation_writes_plots(evaluated):
+    problem, _, _, plots = evaluated
+    files = sorted(plots.glob("*.png"))
+    assert files, f"{problem.name}: no plot in {plots}"
+    assert all(f.stat().st_size > 0 for f in files), files
 
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))

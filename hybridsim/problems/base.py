@@ -2,7 +2,8 @@
 
 A problem knows its physics (state, parameters), how to make reference data for each split,
 how to build its models from (solver, correction, coupling), how to draw a training batch and
-score a prediction, and how to evaluate trained models against the solver alone.
+score a prediction: the evaluation loop (``hybridsim.evaluate``) asks it for the test case, each
+model's prediction, the metrics, a summary and the plots.
 
 It receives typed config dataclasses (see ``hybridsim.config``), never a DictConfig, and never
 touches Hydra or h5py: the data layer hands it plain numpy arrays, the trainer gives it tensors.
@@ -20,7 +21,6 @@ import abc
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +71,9 @@ class Problem(abc.ABC):
         "package:path/heat.yaml"}``: put on Hydra's search path (its ConfigStore) at start-up.
     tiny: overrides that make a run of seconds with the problem's physics (a small grid, few
         samples, short horizons): the registry tests run every problem with them.
+    headline_error: a metric of the evaluation table where lower is better (``rel_l2_mean``);
+        when set, every model's row gets ``gain_over_solver``: the solver alone's value over its
+        own (the solver alone: :meth:`solver_alone`).
     """
 
     name: ClassVar[str]
@@ -83,6 +86,7 @@ class Problem(abc.ABC):
     solver_schemas: ClassVar[dict[str, type]] = {}
     config_files: ClassVar[dict[str, str]] = {}
     tiny: ClassVar[tuple[str, ...]] = ()
+    headline_error: ClassVar[str | None] = None
     model_keys: ClassVar[frozenset[str]] = frozenset()  # config keys that do not shape the data
     # Why its batches cannot be split across processes (torchrun/DDP), if they cannot.
     not_data_parallel: ClassVar[str | None] = None
@@ -173,6 +177,14 @@ class Problem(abc.ABC):
             )
         return coupling
 
+    @classmethod
+    def solver_alone(cls) -> str | None:
+        """The name of the comparator that is the solver alone (correction ``none``, untrained:
+        ``solver``, ``physics`` for lv), or ``None`` if the problem declares none."""
+        return next(
+            (c.name for c in cls.comparators if c.correction == "none" and not c.trained), None
+        )
+
     def resolve_comparators(
         self, correction: str, coupling: str, trained: bool, untrained: bool
     ) -> list[Comparator]:
@@ -248,26 +260,58 @@ class Problem(abc.ABC):
             return {"loss": float(self.loss(model, self.full_batch(data)))}
 
     # ------------------------------------------------------------ evaluation
-    def tune_baselines(self, models: Mapping[str, nn.Module], val: SplitData) -> dict[str, Any]:
+    # The one evaluation loop is :func:`hybridsim.evaluate.evaluate_models`; it owns the models,
+    # the device and dtype (``like = {"device", "dtype"}``, the run's, never a model's) and the
+    # comparison with the solver alone. A problem supplies the pieces below, on plain arrays.
+
+    def tune_baselines(
+        self, models: Mapping[str, nn.Module], val: SplitData, like: dict[str, Any]
+    ) -> dict[str, Any]:
         """Choose the classical comparators' free settings (e.g. a regularisation weight) on the
-        validation split, never on the test split; called before :meth:`evaluate`, which then
+        validation split, never on the test split; called before the evaluation, which then
         uses them. Returns what was chosen (recorded in ``eval/metrics.json``); by default there
         is nothing to choose."""
         return {}
 
-    @abc.abstractmethod
-    def evaluate(
-        self,
-        models: Mapping[str, nn.Module],
-        test: SplitData,
-        train: SplitData,
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        """Score every model (and the solver alone) on ``test``; write plots under ``out_dir``.
+    def extra_models(self, models: Mapping[str, nn.Module]) -> dict[str, Callable[..., Any]]:
+        """Models without a checkpoint, as plain callables evaluated before ``models`` (in the
+        table first): classical methods such as CT's FBP and TV reconstructions. Each one is
+        given to :meth:`predict_case` like a model. By default there are none."""
+        return {}
 
-        Returns a JSON-serialisable dict: ``{"table": {model: {metric: value}}, ...}``; the
-        ``table`` entry is printed as a table by the CLI.
-        """
+    @abc.abstractmethod
+    def eval_case(self, test: SplitData, train: SplitData, like: dict[str, Any]) -> Any:
+        """What every model is scored on, made once: the inputs and the reference, as tensors
+        on ``like``'s device and dtype (an object of the problem's choosing)."""
+
+    @abc.abstractmethod
+    def predict_case(self, model: Callable[..., Any], case: Any) -> Any:
+        """One model's prediction on ``case`` (called under ``torch.no_grad()``), reduced to
+        what :meth:`metrics`, :meth:`summarise` and :meth:`plots` need, preferably plain numpy
+        arrays (the loop keeps every model's until the plots are drawn)."""
+
+    @abc.abstractmethod
+    def metrics(self, pred: Any, case: Any) -> dict[str, float]:
+        """A model's row of the table, ``{metric: value}``, from its prediction."""
+
+    def summarise(
+        self,
+        table: dict[str, dict[str, float]],
+        preds: dict[str, Any],
+        case: Any,
+        models: Mapping[str, nn.Module],
+    ) -> dict[str, Any]:
+        """Run-level entries of ``eval/metrics.json`` beside ``table`` (``headline``, ``labels``,
+        per-parameter breakdowns, series). Called after every row (and ``gain_over_solver``) is
+        in; it may add metrics to rows, and rows of models derived from the others (LV's
+        discovered equations) to ``table`` with their predictions in ``preds``."""
+        return {}
+
+    def plots(self, preds: dict[str, Any], case: Any, result: dict[str, Any]) -> dict[str, Any]:
+        """``{file name: matplotlib Figure}``, saved under ``eval/plots/`` by the loop; ``result``
+        is the table with the summary. Make figures with ``matplotlib.figure.Figure`` (no
+        pyplot, no backend to choose, nothing to close); its ``dpi`` is the file's."""
+        return {}
 
 
 _REGISTRY: dict[str, type[Problem]] = {}

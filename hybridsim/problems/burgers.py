@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,13 +41,12 @@ from hybridsim.hybrid import coupling as make_coupling
 from hybridsim.nn import build_correction
 from hybridsim.numerics.burgers import (
     DEFAULTS,
-    FLUXES,
-    LIMITERS,
-    CoarseBurgers,
     cell_centers,
     random_initial_conditions,
     reference_trajectory,
+    relative_l2,
 )
+from hybridsim.numerics.burgers_fv import FLUXES, LIMITERS, CoarseBurgers
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, register
 from hybridsim.schemas import MISSING, ConfigError, CorrectionConfig, _one_of, _positive
@@ -124,6 +122,18 @@ class BurgersSolverConfig:
         _one_of("solver.flux", self.flux, FLUXES)
 
 
+@dataclass
+class EvalCase:
+    """What every model is scored on: ``batch`` (the first frame of every test trajectory and
+    the reference ``(n, steps, n_coarse)`` after it, on the run's device), per trajectory its
+    viscosity ``nu (n,)``, the times ``t (steps + 1,)`` and the cell centres ``x``."""
+
+    batch: Batch
+    nu: np.ndarray
+    t: np.ndarray
+    x: np.ndarray
+
+
 class CoarseStep(nn.Module):
     """The stepper: one coarse finite-volume step of ``dt`` on ``u (batch, n)`` with one viscosity
     ``nu (batch,)`` per sample, and how the correction sees and changes the state."""
@@ -164,6 +174,7 @@ class Burgers(Problem):
         Comparator("solver", "none", "after_step", trained=False),  # SRC
     )
     model_keys = frozenset({"val_steps", "eval_steps"})
+    headline_error = "rel_l2_mean"  # each model's gain_over_solver: SRC's over its own
     tiny = (
         "problem.n_fine=256",
         "problem.n_frames=9",
@@ -281,98 +292,78 @@ class Burgers(Problem):
         return {"loss": float("inf") if bad else loss, "rel_l2": float("inf") if bad else rel}
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(
-        self,
-        models: Mapping[str, nn.Module],
-        test: SplitData,
-        train: SplitData,
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        """Every model rolls out ``eval_steps`` coarse steps from the first frame of every test
-        trajectory (unseen viscosities): relative L2 error per frame against the reference,
-        its mean over the rollout (``rel_l2_mean``, the headline), at the last step, per
-        viscosity, and the gain over the solver alone."""
-        cfg = self.cfg
-        steps = min(cfg.eval_steps, test.arrays["u"].shape[1] - 1)
-        like = next(iter(models.values())).like
+    def eval_case(self, test: SplitData, train: SplitData, like: dict[str, Any]) -> EvalCase:
+        """Every test trajectory (unseen viscosities) from its first frame, ``eval_steps`` steps."""
+        steps = min(self.cfg.eval_steps, test.arrays["u"].shape[1] - 1)
         data = test.tensors(like["device"], like["dtype"])
         n = data["u"].shape[0]
         zeros = torch.zeros(n, dtype=torch.long, device=like["device"])
         batch = self._windows(data, torch.arange(n, device=zeros.device), zeros, steps)
-        ref = batch.targets["u"]
-        nus = test.arrays["nu"]
-        table: dict[str, dict[str, float]] = {}
-        series: dict[str, list[float]] = {}
-        per_nu: dict[str, dict[str, float]] = {}
-        for name, model in models.items():
-            with torch.no_grad():
-                pred = self.predict(model, batch, teacher_forcing=False)
-            err = (
-                (
-                    torch.linalg.vector_norm(pred - ref, dim=-1)
-                    / torch.linalg.vector_norm(ref, dim=-1)
-                )
-                .double()
-                .cpu()
-                .numpy()
-            )  # (n, steps)
-            err = np.where(np.isfinite(err), err, np.inf)
-            table[name] = {
-                "rel_l2_mean": float(err.mean()),
-                f"rel_l2_{steps}": float(err[:, -1].mean()),
-                "finite": float(np.isfinite(err).all()),
-            }
-            series[name] = err.mean(0).tolist()
-            per_nu[name] = {f"{v:g}": float(err[nus == v].mean()) for v in np.unique(nus)}
-        if "solver" in table:
-            src = table["solver"]["rel_l2_mean"]
-            for name, row in table.items():
-                if name != "solver":
-                    row["gain_over_solver"] = src / row["rel_l2_mean"] if row["rel_l2_mean"] else 0
-        _plot(out_dir, test, batch, models, self, series, steps)
+        return EvalCase(batch, test.arrays["nu"], test.coords["t"][: steps + 1], test.coords["x"])
+
+    def predict_case(self, model: Hybrid, case: EvalCase) -> dict[str, np.ndarray]:
+        """The relative L2 error per trajectory and step ``(n, steps)`` (``inf`` where not
+        finite), and the first trajectory's last state ``(n_coarse,)``."""
+        pred = self.predict(model, case.batch, teacher_forcing=False)
+        err = relative_l2(pred, case.batch.targets["u"]).double().cpu().numpy()
         return {
-            "table": table,
+            "rel_l2": np.where(np.isfinite(err), err, np.inf),
+            "final": pred[0, -1].double().cpu().numpy(),
+        }
+
+    def metrics(self, pred: dict[str, np.ndarray], case: EvalCase) -> dict[str, float]:
+        """The mean over the rollout (the headline, ``headline_error``), at its last step."""
+        err = pred["rel_l2"]
+        return {
+            "rel_l2_mean": float(err.mean()),
+            f"rel_l2_{err.shape[1]}": float(err[:, -1].mean()),
+            "finite": float(np.isfinite(err).all()),
+        }
+
+    def summarise(
+        self,
+        table: dict[str, dict[str, float]],
+        preds: dict[str, Any],
+        case: EvalCase,
+        models: Mapping[str, nn.Module],
+    ) -> dict[str, Any]:
+        """Per viscosity, and the error per step (the mean over trajectories)."""
+        steps, nus = len(case.t) - 1, case.nu
+        return {
             "headline": ["rel_l2_mean", f"rel_l2_{steps}", "gain_over_solver"],
             "labels": {k: LABELS.get(k, k) for k in table},
             "eval_steps": steps,
             "test_viscosities": [float(v) for v in np.unique(nus)],
-            "per_viscosity": per_nu,
-            "series": {"rel_l2": series},
+            "per_viscosity": {
+                name: {f"{v:g}": float(p["rel_l2"][nus == v].mean()) for v in np.unique(nus)}
+                for name, p in preds.items()
+            },
+            "series": {"rel_l2": {name: p["rel_l2"].mean(0).tolist() for name, p in preds.items()}},
         }
 
+    def plots(self, preds: dict[str, Any], case: EvalCase, result: dict[str, Any]) -> dict:
+        """``error_over_time.png``, and ``rollout.png``: the first test trajectory at the start
+        and the end, the reference and each model."""
+        from matplotlib.figure import Figure
 
-def _plot(out_dir: Path, test: SplitData, batch: Batch, models, problem, series, steps) -> None:
-    """error_over_time.png and rollout.png (the first test trajectory, start and end)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t = test.coords["t"][1 : steps + 1]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, values in series.items():
-        ax.semilogy(t, values, label=LABELS.get(name, name))
-    ax.set_xlabel("t")
-    ax.set_ylabel("relative L2 error")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "error_over_time.png", dpi=110)
-    plt.close(fig)
-    x = test.coords["x"]
-    first = Batch(
-        inputs={k: v[:1] for k, v in batch.inputs.items()}, targets={"u": batch.targets["u"][:1]}
-    )
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, first.inputs["u"][0, 0].double().cpu().numpy(), "k:", label="t = 0")
-    ax.plot(x, first.targets["u"][0, -1].double().cpu().numpy(), "k", label="reference")
-    for name, model in models.items():
-        with torch.no_grad():
-            pred = problem.predict(model, first, teacher_forcing=False)
-        ax.plot(x, pred[0, -1].double().cpu().numpy(), label=LABELS.get(name, name))
-    ax.set_xlabel("x")
-    ax.set_ylabel(f"u at t = {t[-1]:g}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "rollout.png", dpi=110)
-    plt.close(fig)
+        t = case.t[1:]
+        errors = Figure(figsize=(7, 4), dpi=110)
+        ax = errors.subplots()
+        for name, values in result["series"]["rel_l2"].items():
+            ax.semilogy(t, values, label=LABELS.get(name, name))
+        ax.set_xlabel("t")
+        ax.set_ylabel("relative L2 error")
+        ax.legend()
+        errors.tight_layout()
+        rollout = Figure(figsize=(7, 4), dpi=110)
+        ax = rollout.subplots()
+        first, ref = case.batch.inputs["u"][0, 0], case.batch.targets["u"][0, -1]
+        ax.plot(case.x, first.double().cpu().numpy(), "k:", label="t = 0")
+        ax.plot(case.x, ref.double().cpu().numpy(), "k", label="reference")
+        for name, p in preds.items():
+            ax.plot(case.x, p["final"], label=LABELS.get(name, name))
+        ax.set_xlabel("x")
+        ax.set_ylabel(f"u at t = {t[-1]:g}")
+        ax.legend(fontsize=8)
+        rollout.tight_layout()
+        return {"error_over_time.png": errors, "rollout.png": rollout}

@@ -13,7 +13,6 @@ shape ``(batch, 2)``; trajectories ``(n_traj, n_t, 2)``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,8 @@ from hybridsim.numerics.sparse_regression import (
     polynomial_library,
     stlsq_select,
 )
-from hybridsim.problems import lotka_volterra_eval
 from hybridsim.problems.base import Batch, Comparator, Problem, SplitData, register
+from hybridsim.problems.lotka_volterra_eval import LVEvaluation
 from hybridsim.schemas import CorrectionConfig, LVConfig, ODESolverConfig
 
 
@@ -142,7 +141,7 @@ def first_integral(cfg: LVConfig, u: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class LotkaVolterra(Problem):
+class LotkaVolterra(LVEvaluation, Problem):
     name = "lv"
     solvers = ("euler", "rk4", "dopri5")
     corrections = ("none", "mlp")
@@ -299,14 +298,7 @@ class LotkaVolterra(Problem):
         return out
 
     # ------------------------------------------------------------ evaluation
-    def evaluate(
-        self,
-        models: Mapping[str, nn.Module],
-        test: SplitData,
-        train: SplitData,
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        return lotka_volterra_eval.evaluate(self, models, test, train, out_dir)
+    # (the hooks: lotka_volterra_eval.LVEvaluation)
 
     def discover(
         self, f: np.ndarray, states: np.ndarray, train: SplitData, substeps: int = 1

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -48,8 +47,8 @@ from hybridsim.numerics.reconstruction import (
     psnr,
 )
 from hybridsim.numerics.rollout import GradientMode
-from hybridsim.problems import tomography_eval
 from hybridsim.problems.base import Batch, Comparator, Problem, ProblemError, SplitData, register
+from hybridsim.problems.tomography_eval import CTEvaluation
 from hybridsim.problems.tomography_lpd import LearnedPrimalDual
 from hybridsim.problems.tomography_ops import (  # noqa: F401  (re-exported)
     data_term,
@@ -175,7 +174,7 @@ class Descent(nn.Module):
 
 
 @register
-class Tomography(Problem):
+class Tomography(CTEvaluation, Problem):
     name = "ct"
     solvers = ("fbp", "gd", "agd")
     corrections = ("none", "convnet")
@@ -374,28 +373,7 @@ class Tomography(Problem):
             }
 
     # ------------------------------------------------------------ evaluation
-    tv_lam_chosen: float | None = None
-
-    def tune_baselines(self, models: Mapping[str, nn.Module], val: SplitData) -> dict[str, Any]:
-        """``problem.tv_lam=null``: TV's λ is the one of ``problem.tv_lam_grid`` with the best
-        mean PSNR on the validation phantoms (a fair baseline: tuned on data the learned models
-        were selected on, never on test)."""
-        if self.cfg.tv_lam is not None:
-            return {}
-        chosen = tomography_eval.choose_tv_lambda(
-            self, next(iter(models.values())), val, list(self.cfg.tv_lam_grid)
-        )
-        self.tv_lam_chosen = chosen["tv_lam"]
-        return chosen
-
-    def evaluate(
-        self,
-        models: Mapping[str, nn.Module],
-        test: SplitData,
-        train: SplitData,
-        out_dir: Path,
-    ) -> dict[str, Any]:
-        return tomography_eval.evaluate(self, models, test, out_dir)
+    # (the hooks: tomography_eval.CTEvaluation)
 
 
 def _pool(fine: torch.Tensor, k: int) -> torch.Tensor:

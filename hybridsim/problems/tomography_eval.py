@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from hybridsim.numerics.regularizers import TotalVariation
 from hybridsim.numerics.rollout import rollout
 from hybridsim.problems.base import SplitData
 from hybridsim.problems.tomography_ops import data_term, line_integrals, operator
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Reconstruct = Callable[[torch.Tensor], torch.Tensor]
 
@@ -65,6 +68,7 @@ def choose_tv_lambda(
     model: nn.Module,
     val: SplitData,
     grid: list[float],
+    like: dict[str, Any],
     max_extensions: int = 8,
 ) -> dict[str, Any]:
     """The TV weight with the best mean PSNR on the validation phantoms (the test split is never
@@ -74,8 +78,8 @@ def choose_tv_lambda(
     Beer-Lambert likelihood is about ``mu² i0`` times the least-squares term), so while the best
     λ is an edge of the values tried, the search goes on past that edge by factors of 10 (at most
     ``max_extensions`` steps), then refines twice between the best and its neighbours (geometric
-    means); ``tv_lam_at_grid_edge`` says if the optimum is still at an edge after that."""
-    like = _like(model)
+    means); ``tv_lam_at_grid_edge`` says if the optimum is still at an edge after that. The
+    phantoms are put on ``like``'s device and dtype (the run's)."""
     sino = torch.as_tensor(val.arrays["sinogram"]).to(**like)
     true = torch.as_tensor(val.arrays["image"]).to(**like)
     scores: dict[float, float] = {}
@@ -111,107 +115,155 @@ def choose_tv_lambda(
     }
 
 
-def _like(model: nn.Module) -> dict[str, Any]:
-    like = getattr(model, "like", None)
-    if like is not None:  # a Hybrid
-        return like
-    anchor = next(iter(model.buffers()))
-    return {"device": anchor.device, "dtype": anchor.dtype}
-
-
 def _part(model: nn.Module) -> Any:
     """The module holding the solver config and a learned λ: a Hybrid's stepper, else itself."""
     return getattr(model, "stepper", model)
 
 
+CASES = ("heldout", "shepp_logan")
+
+
+@dataclass
+class Case:
+    """Per case (``heldout``: the random test phantoms, ``shepp_logan``), the sinograms and true
+    images on the run's device, and the first of each as numpy arrays (for the plots)."""
+
+    sinogram: dict[str, torch.Tensor]
+    image: dict[str, torch.Tensor]
+    first: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 def _scores(rec: Reconstruct, sinogram: torch.Tensor, true: torch.Tensor) -> dict[str, Any]:
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        pred = rec(sinogram)
-        ms = 1e3 * (time.perf_counter() - t0) / sinogram.shape[0]
+    t0 = time.perf_counter()
+    pred = rec(sinogram)
+    ms = 1e3 * (time.perf_counter() - t0) / sinogram.shape[0]
     pred = torch.where(torch.isfinite(pred), pred, torch.zeros_like(pred))
-    return {"pred": pred, "psnr": psnr(pred, true), "ssim": ssim(pred, true), "ms": ms}
+    return {
+        "psnr": psnr(pred, true),  # per image, (n,), kept as tensors: their means are metrics
+        "ssim": ssim(pred, true),
+        "ms": ms,
+        "example": pred[0].double().cpu().numpy(),
+    }
 
 
-def evaluate(
-    problem: Any,  # the Tomography problem
-    models: Mapping[str, nn.Module],
-    test: SplitData,
-    out_dir: Path,
-) -> dict[str, Any]:
-    ref = next(iter(models.values()))
-    like = _like(ref)
-    held_sino = torch.as_tensor(test.arrays["sinogram"]).to(**like)
-    held_true = torch.as_tensor(test.arrays["image"]).to(**like)
-    sl_sino = torch.as_tensor(test.arrays["shepp_logan_sinogram"]).to(**like)
-    sl_true = torch.as_tensor(test.arrays["shepp_logan"]).to(**like)
+class CTEvaluation:
+    """The evaluation hooks of ``problem=ct`` (:class:`hybridsim.problems.base.Problem`): FBP
+    and TV (plain callables) beside the loaded models, PSNR and SSIM per case, the time per
+    held-out image, a learned λ; TV's λ chosen on validation unless configured."""
 
-    recons: dict[str, Reconstruct] = classical(problem, ref)  # type: ignore[arg-type]
-    recons.update({name: model for name, model in models.items()})
-    table: dict[str, dict[str, float]] = {}
-    examples: dict[str, dict[str, np.ndarray]] = {"heldout": {}, "shepp_logan": {}}
-    for name, rec in recons.items():
-        held = _scores(rec, held_sino, held_true)
-        sl = _scores(rec, sl_sino, sl_true)
-        table[name] = {
+    cfg: Any  # CTConfig
+    tv_lam_chosen: float | None = None
+
+    def tune_baselines(
+        self, models: Mapping[str, nn.Module], val: SplitData, like: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``problem.tv_lam=null``: TV's λ is the one of ``problem.tv_lam_grid`` with the best
+        mean PSNR on the validation phantoms (a fair baseline: tuned on data the learned models
+        were selected on, never on test)."""
+        if self.cfg.tv_lam is not None:
+            return {}
+        chosen = choose_tv_lambda(
+            self, next(iter(models.values())), val, list(self.cfg.tv_lam_grid), like
+        )
+        self.tv_lam_chosen = chosen["tv_lam"]
+        return chosen
+
+    def extra_models(self, models: Mapping[str, nn.Module]) -> dict[str, Reconstruct]:
+        """FBP and TV with the solver's filter and cut-off (:func:`classical`)."""
+        return classical(self, next(iter(models.values())))
+
+    def eval_case(self, test: SplitData, train: SplitData, like: dict[str, Any]) -> Case:
+        a = test.arrays
+        keys = {
+            "heldout": ("sinogram", "image"),
+            "shepp_logan": ("shepp_logan_sinogram", "shepp_logan"),
+        }
+        return Case(
+            sinogram={c: torch.as_tensor(a[s]).to(**like) for c, (s, _) in keys.items()},
+            image={c: torch.as_tensor(a[i]).to(**like) for c, (_, i) in keys.items()},
+            first={c: (a[i][0], a[s][0]) for c, (s, i) in keys.items()},
+        )
+
+    def predict_case(self, model: Reconstruct, case: Case) -> dict[str, Any]:
+        """Per case: PSNR and SSIM per image, ms per image, the first reconstruction (finite,
+        non-finite pixels as 0); and the
+        learned λ (softplus of ``rho``, averaged) of a model that has one."""
+        pred: dict[str, Any] = {c: _scores(model, case.sinogram[c], case.image[c]) for c in CASES}
+        lam = getattr(_part(model), "rho", None)
+        if lam is not None:
+            pred["lambda"] = float(torch.nn.functional.softplus(lam.detach()).mean())
+        return pred
+
+    def metrics(self, pred: dict[str, Any], case: Case) -> dict[str, float]:
+        held, sl = pred["heldout"], pred["shepp_logan"]
+        row = {
             "psnr_heldout": float(held["psnr"].mean()),
             "ssim_heldout": float(held["ssim"].mean()),
             "psnr_shepp_logan": float(sl["psnr"][0]),
             "ssim_shepp_logan": float(sl["ssim"][0]),
             "ms_per_image": held["ms"],
         }
-        lam = getattr(_part(rec), "rho", None)
-        if lam is not None:
-            table[name]["lambda"] = float(torch.nn.functional.softplus(lam.detach()).mean())
-        examples["heldout"][name] = held["pred"][0].double().cpu().numpy()
-        examples["shepp_logan"][name] = sl["pred"][0].double().cpu().numpy()
-    result: dict[str, Any] = {
-        "table": table,
-        "data_range": "max - min of each true image (1 for Shepp-Logan)",
-        "n_heldout": int(held_true.shape[0]),
-        "settings": {
-            "size": problem.cfg.size,
-            "n_angles": problem.cfg.n_angles,
-            "forward_model": problem.cfg.forward_model,
-            "noise": problem.cfg.noise,
-            "tv_lam": problem.tv_lam_chosen if problem.cfg.tv_lam is None else problem.cfg.tv_lam,
-            "tv_lam_chosen_on": "config" if problem.cfg.tv_lam is not None else "validation",
-            "tv_eps": problem.cfg.tv_eps,
-            "tv_iters": problem.cfg.tv_iters,
-        },
-    }
-    if "hybrid" in table and "tv" in table:
-        result["hybrid_over_tv_db"] = {
-            case: table["hybrid"][f"psnr_{case}"] - table["tv"][f"psnr_{case}"]
-            for case in ("heldout", "shepp_logan")
+        if "lambda" in pred:
+            row["lambda"] = pred["lambda"]
+        return row
+
+    def summarise(
+        self,
+        table: dict[str, dict[str, float]],
+        preds: dict[str, Any],
+        case: Case,
+        models: Mapping[str, nn.Module],
+    ) -> dict[str, Any]:
+        cfg = self.cfg
+        result: dict[str, Any] = {
+            "data_range": "max - min of each true image (1 for Shepp-Logan)",
+            "n_heldout": int(case.image["heldout"].shape[0]),
+            "settings": {
+                "size": cfg.size,
+                "n_angles": cfg.n_angles,
+                "forward_model": cfg.forward_model,
+                "noise": cfg.noise,
+                "tv_lam": self.tv_lam_chosen if cfg.tv_lam is None else cfg.tv_lam,
+                "tv_lam_chosen_on": "config" if cfg.tv_lam is not None else "validation",
+                "tv_eps": cfg.tv_eps,
+                "tv_iters": cfg.tv_iters,
+            },
         }
-    truths = {
-        "heldout": (test.arrays["image"][0], test.arrays["sinogram"][0]),
-        "shepp_logan": (test.arrays["shepp_logan"][0], test.arrays["shepp_logan_sinogram"][0]),
-    }
-    for case, (true, sino) in truths.items():
-        _plot_grid(out_dir / f"ct_{case}.png", case, true, sino, examples[case], table, case)
-    return result
+        if "hybrid" in table and "tv" in table:
+            result["hybrid_over_tv_db"] = {
+                c: table["hybrid"][f"psnr_{c}"] - table["tv"][f"psnr_{c}"] for c in CASES
+            }
+        return result
+
+    def plots(self, preds: dict[str, Any], case: Case, result: dict[str, Any]) -> dict[str, Any]:
+        """``ct_heldout.png`` and ``ct_shepp_logan.png``: each model's first reconstruction."""
+        return {
+            f"ct_{c}.png": _plot_grid(
+                c,
+                *case.first[c],
+                {name: p[c]["example"] for name, p in preds.items()},
+                result["table"],
+                c,
+            )
+            for c in CASES
+        }
 
 
 def _plot_grid(
-    path: Path,
     title: str,
     true: np.ndarray,
     sino: np.ndarray,
     recs: dict[str, np.ndarray],
     table: dict[str, dict[str, float]],
     case: str,
-) -> None:
+) -> Figure:
     """Row 1: truth, sinogram, reconstructions; row 2: absolute error maps (shared scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = list(recs)
     n = 2 + len(names)
-    fig, axes = plt.subplots(2, n, figsize=(2.3 * n, 4.9), squeeze=False)
+    fig = Figure(figsize=(2.3 * n, 4.9), dpi=100)
+    axes = fig.subplots(2, n, squeeze=False)
     lo, hi = float(true.min()), float(true.max())
     axes[0, 0].imshow(true, cmap="gray", vmin=lo, vmax=hi)
     axes[0, 0].set_title("truth", fontsize=9)
@@ -233,6 +285,4 @@ def _plot_grid(
     axes[1, 1].axis("off")
     fig.suptitle(f"CT reconstructions: {title}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig

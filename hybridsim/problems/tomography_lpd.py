@@ -66,7 +66,6 @@ class LearnedPrimalDual(nn.Module):
             for _ in range(n)
         )
         self.gradient = gradient or GradientMode()
-        self.register_buffer("device_like", torch.zeros(()), persistent=False)
 
     def initial(self, sinogram: torch.Tensor) -> torch.Tensor:
         """``a_0``: FBP (the solver's filter and cut-off) or zeros, ``(batch, ny, nx)``."""
