@@ -112,6 +112,7 @@ def _rewrite_resume(argv: list[str]) -> list[str]:
     if not isinstance(overrides, list):
         raise ConfigError(f"cannot resume: {saved} must be a list of key=value overrides")
     replay = [_replayable(item, saved) for item in overrides]
+    replay = _without_legacy_correction_keys(replay, run_dir / "config_resolved.yaml")
     rest = [a for a in argv if not a.startswith("resume=")]
     for a in rest:
         if a in ("-m", "--multirun"):
@@ -128,3 +129,21 @@ def _rewrite_resume(argv: list[str]) -> list[str]:
 
 def _override_key(item: str) -> str:
     return item.split("=", 1)[0].lstrip("+~")
+
+
+def _without_legacy_correction_keys(replay: list[str], resolved: Path) -> list[str]:
+    """A run saved before one schema per correction kind may have set a key that its kind
+    never read (``correction.width=[8]`` on ``correction=none``, from a sweep over kinds): the
+    schema of its kind has no such key now, so that override is not replayed (the run is the
+    same without it; ``rundir`` drops the key from the saved config alike)."""
+    import yaml
+
+    from hybridsim.config import ConfigError
+    from hybridsim.schemas import legacy_keys
+
+    try:
+        kind = (yaml.safe_load(resolved.read_text()) or {}).get("correction", {}).get("kind")
+        drop = legacy_keys(kind)
+    except (yaml.YAMLError, UnicodeDecodeError, AttributeError, ConfigError):
+        return replay  # an unreadable saved config: the run-directory guard says why
+    return [item for item in replay if _override_key(item) not in {f"correction.{k}" for k in drop}]

@@ -68,9 +68,9 @@ def load_saved_config(run_dir: Path) -> dict[str, Any]:
     if isinstance(saved.get("correction"), dict):
         # A run saved before one schema per correction kind: its correction in its kind's schema.
         try:
-            saved["correction"] = upgrade_saved_correction(saved["correction"], str(path))
+            saved["correction"] = upgrade_saved_correction(saved["correction"])
         except ConfigError as e:
-            raise RunDirError(f"cannot resume: {e}") from None
+            raise RunDirError(f"cannot use {path}: {e}") from None
     return saved
 
 

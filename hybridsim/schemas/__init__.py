@@ -33,6 +33,7 @@ from hybridsim.schemas.corrections import (
     ResNetConfig,
     UNetConfig,
     correction_schema,
+    legacy_keys,
     upgrade_saved_correction,
 )
 from hybridsim.schemas.logger import (
@@ -91,6 +92,7 @@ __all__ = [
     "_one_of",
     "_positive",
     "correction_schema",
+    "legacy_keys",
     "ns_scenario_default",
     "upgrade_saved_correction",
 ]

@@ -4,7 +4,9 @@ reads, with that network's defaults, so ``conf/correction/<name>.yaml`` lists on
 resnet) is refused at composition, naming the key.
 
 Run directories written before these schemas existed hold every key of the one shared schema
-in their ``config_resolved.yaml``; :func:`upgrade_saved_correction` reads them back.
+in their ``config_resolved.yaml`` (and perhaps an override of one in ``.hydra/overrides.yaml``);
+:func:`upgrade_saved_correction` reads them back, ``resume`` skips such overrides
+(:func:`legacy_keys`).
 """
 
 from __future__ import annotations
@@ -142,8 +144,8 @@ CORRECTION_SCHEMAS: dict[str, type[CorrectionConfig]] = {
     "unet": UNetConfig,
 }
 
-# The one schema that every kind shared before (hybridsim <= the commit that split it): its
-# defaults, which a saved correction of any kind holds for the keys it never read.
+# The one schema that every kind shared before (up to hybridsim commit 07544ef): its keys and
+# defaults; a run saved then holds all of them, whatever its kind.
 LEGACY_DEFAULTS: dict[str, Any] = {
     "width": [32, 32],
     "activation": "tanh",
@@ -164,23 +166,19 @@ def correction_schema(kind: Any) -> type[CorrectionConfig]:
     return CORRECTION_SCHEMAS[kind]
 
 
-def upgrade_saved_correction(section: dict[str, Any], source: str = "") -> dict[str, Any]:
+def legacy_keys(kind: Any) -> set[str]:
+    """The keys of the old shared schema that the schema of ``kind`` lacks (its network never
+    read them: a run saved with any value of them is the same run without them)."""
+    known = {f.name for f in fields(correction_schema(kind))}
+    return set(LEGACY_DEFAULTS) - known
+
+
+def upgrade_saved_correction(section: dict[str, Any]) -> dict[str, Any]:
     """A saved correction section in the schema of its kind. A run saved before one schema per
-    kind holds every key of the shared schema; a key its kind lacks is dropped when it holds
-    the shared default (the kind never read it, so the run is the same). Any other value of such
-    a key (``correction.activation=relu`` on a resnet: ignored then, refused now) is a
-    ConfigError naming the key and ``source``: edit it out of the file to use the run."""
-    schema = correction_schema(section.get("kind"))
-    known = {f.name for f in fields(schema)}
-    out = {}
-    for key, value in section.items():
-        if key in known:
-            out[key] = value
-        elif key not in LEGACY_DEFAULTS or value != LEGACY_DEFAULTS[key]:
-            where = f" in {source}" if source else ""
-            raise ConfigError(
-                f"correction.{key}={value}{where} is not a setting of correction kind "
-                f"{section['kind']} ({schema.__name__}; its settings: {', '.join(sorted(known))})"
-                f"; an earlier hybridsim ignored it for this kind: remove it to use the run"
-            )
-    return out
+    kind holds every key of the shared schema (``kernel_size``, ``blocks``, ``padding`` on an
+    mlp; a ``width`` on ``none``, even ``[8]`` when a sweep set it for every job): the keys its
+    kind lacks are dropped, whatever their value, because that kind never read them (the old
+    ``build_correction`` and every problem used only the keys the new schema has), so the run
+    is exactly the same without them. Any other key stays, for the schema check to refuse."""
+    drop = legacy_keys(section.get("kind"))
+    return {k: v for k, v in section.items() if k not in drop}
