@@ -128,7 +128,10 @@ def test_missing_library_names_the_extra(monkeypatch, expect_one_line_error):
 @pytest.mark.parametrize(
     "argv,needle",
     [
-        (["train", "logger=tensorboard", "logger.tensorboard.foo=1"], "Key 'foo' not in"),
+        (
+            ["train", "logger=tensorboard", "logger.tensorboard.foo=1"],
+            "logger.tensorboard.foo is not a setting",
+        ),
         (["train", "logger=nosuch"], "logger"),
         (["train", "logger=wandb", "logger.wandb.mode=sometimes"], "logger.wandb.mode=sometimes"),
     ],
