@@ -8,8 +8,8 @@ that, :func:`check_config` checks every value of every schema generically: no ke
 does not declare, every number finite and at most ``MAX_MAGNITUDE`` in size, every seed an
 integer in ``[0, MAX_SEED]``, and each group holding a config of its own kind.
 
-Only ``cli.py`` and this module know about Hydra/OmegaConf; everything below takes the typed
-dataclasses.
+Only ``cli.py`` (with ``cli_guard.py``, ``cli_resume.py``) and this module know about
+Hydra/OmegaConf; everything below takes the typed dataclasses.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 Each YAML option in ``conf/<group>/`` extends one schema here (``defaults: [/schema/...]``); the
 schemas are stored in Hydra's ConfigStore by :mod:`hybridsim.config`, the only module besides
-``cli.py`` that knows Hydra. This package imports neither Hydra nor OmegaConf nor the problems,
-so the problems can take their typed configs from it without loading either. Range checks
-(positive step sizes, non-negative noise, ...) run in ``__post_init__`` and name the key.
+``cli.py`` (and its ``cli_guard``, ``cli_resume``) that knows Hydra. This package imports
+neither Hydra nor OmegaConf nor the problems, so the problems can take their typed configs from
+it without loading either. Range checks (positive step sizes, non-negative noise, ...) run in
+``__post_init__`` and name the key.
 
 One module per group: :mod:`.problems`, :mod:`.solvers`, :mod:`.corrections`, :mod:`.recipe`,
 :mod:`.logger`, and :mod:`.commands` (the top level of generate/train/eval); every name is
