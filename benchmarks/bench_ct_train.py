@@ -21,7 +21,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Results, measure, measure_interleaved, print_item  # noqa: E402
 
-from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig  # noqa: E402
+from hybridsim.config import ConvNetConfig, CTConfig, CTSolverConfig, NoCorrectionConfig  # noqa: E402
 from hybridsim.nn import ConvNet  # noqa: E402
 from hybridsim.nn.accelerate import accelerate_model  # noqa: E402
 from hybridsim.problems.tomography import Tomography  # noqa: E402
@@ -47,8 +47,8 @@ def profile_split(fn) -> dict[str, float]:
 
 
 def bench(size: int, batch: int, repeat: int, results: Results) -> None:
-    net = CorrectionConfig(name="convnet", kind="convnet", activation="relu")
-    none = CorrectionConfig(name="none", kind="none")
+    net = ConvNetConfig(activation="relu")
+    none = NoCorrectionConfig()
     solver = CTSolverConfig(name="gd", n_iter=10)
     problem = Tomography(CTConfig(size=size, n_train=batch, n_ellipses=100))
     train = problem.generate("train", 1)
@@ -140,7 +140,7 @@ def options(size: int, batch: int, repeat: int, results: Results, compile: bool)
     NCHW eager float32 path, the same initial weights, their steps alternating in one run."""
     import time
 
-    net = CorrectionConfig(name="convnet", kind="convnet", activation="relu")
+    net = ConvNetConfig(activation="relu")
     solver = CTSolverConfig(name="gd", n_iter=10)
     problem = Tomography(CTConfig(size=size, n_train=batch, n_ellipses=100))
     train = problem.generate("train", 1)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import Results, measure_interleaved, print_item  # noqa: E402
 
-from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig  # noqa: E402
+from hybridsim.config import LVConfig, MLPConfig, ODESolverConfig  # noqa: E402
 from hybridsim.nn.accelerate import accelerate_model  # noqa: E402
 from hybridsim.problems.lotka_volterra import LotkaVolterra  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> int:
 
     problem = LotkaVolterra(LVConfig())
     train = problem.generate("train", 1)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[32, 32])
+    corr = MLPConfig(width=[32, 32])
 
     def build():
         torch.manual_seed(0)

@@ -124,13 +124,13 @@ def timed(step, device, repeats: int, max_seconds: float) -> dict:
 def part_lv(device, mode, tiny):
     import torch
 
-    from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
+    from hybridsim.config import LVConfig, MLPConfig, ODESolverConfig
     from hybridsim.problems.lotka_volterra import LotkaVolterra
 
     batch_size, steps = (4, 5) if tiny else (64, 20)
     problem = LotkaVolterra(LVConfig())
     train = problem.generate("train", 1)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[32, 32])
+    corr = MLPConfig(width=[32, 32])
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train).to(device)
     data = train.tensors(device, torch.float32)
     b = problem.batch(data, batch_size, steps, torch.Generator().manual_seed(0))
@@ -152,7 +152,7 @@ def part_lv(device, mode, tiny):
 def part_ct(device, mode, tiny):
     import torch
 
-    from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig
+    from hybridsim.config import ConvNetConfig, CTConfig, CTSolverConfig
     from hybridsim.problems.tomography import Tomography
 
     size, batch_size, n_iter = (24, 2, 2) if tiny else (128, 20, 10)
@@ -161,7 +161,7 @@ def part_ct(device, mode, tiny):
     problem = Tomography(cfg if tiny else CTConfig(size=size, n_train=batch_size, n_ellipses=100))
     train = problem.generate("train", 1)
     data = train.tensors(device, torch.float32)
-    net = CorrectionConfig(name="convnet", kind="convnet", activation="relu", width=width)
+    net = ConvNetConfig(activation="relu", width=width)
     model = problem.build_model(CTSolverConfig(name="gd", n_iter=n_iter), net, "update", train)
     model = model.to(device)
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)

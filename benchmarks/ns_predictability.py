@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybridsim.config import NS_SCENARIO_DEFAULTS, CorrectionConfig, FluidSolverConfig, NSConfig
+from hybridsim.config import NS_SCENARIO_DEFAULTS, FluidSolverConfig, NoCorrectionConfig, NSConfig
 from hybridsim.numerics.fluid import vorticity, vorticity_correlation
 from hybridsim.numerics.grid import downsample
 from hybridsim.problems.base import SplitData
@@ -57,7 +57,7 @@ def measure(scenario: str, steps: int, eps: float, seed: int) -> tuple[dict, lis
     )
     coarse, dim = problem.coarse_grid, problem.dim
     train_like = SplitData(arrays={"reynolds": np.asarray(cfg.reynolds_train)}, coords={}, attrs={})
-    src = problem.build_model(FluidSolverConfig(), CorrectionConfig(), "after_step", train_like)
+    src = problem.build_model(FluidSolverConfig(), NoCorrectionConfig(), "after_step", train_like)
     re = torch.tensor(reynolds, dtype=torch.float32)
     src_solver, re_channel = src.solver(re), src.re_channel(re)
     open_ = coarse.consts(torch.float32, "cpu")["open"]

@@ -1,7 +1,9 @@
 """The ``hybridsim`` console script: ``generate | train | eval``, each a Hydra application, and
 ``report`` (plain arguments: directories; see ``hybridsim.report``).
 
-This module and ``config.py`` are the only ones that touch Hydra/OmegaConf. Errors are turned
+This module (with ``cli_guard.py``: validation, the run-directory guard, the one-line errors;
+``cli_resume.py``: ``train resume=DIR``) and ``config.py`` are the only ones that touch
+Hydra/OmegaConf. Errors are turned
 into one line on stderr and a non-zero exit (``HYBRIDSIM_DEBUG=1`` shows the traceback);
 SIGINT/SIGTERM into one line and exit 130/143. A single ``train`` is validated completely
 (config, and the run directory it would write into) before Hydra creates or changes anything:
@@ -14,14 +16,25 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridsim import interrupts, parallel
+from hybridsim import cli_guard, interrupts, parallel
+from hybridsim.cli_guard import (  # noqa: F401  (RunGuard: hybridsim.cli.RunGuard, as before)
+    EXIT_ERROR,
+    EXIT_USAGE,
+    Rejected,
+    RunGuard,
+    _in_multirun,
+    _job_num,
+    _log_to_file,
+    _one_line,
+    _sweep_summary,
+    _undo_single_run,
+    _validate_train,
+)
+from hybridsim.cli_resume import _rewrite_resume
 
 USAGE = """\
 usage: hybridsim <command> [overrides ...] [--help] [--cfg job] [-m]
@@ -54,35 +67,6 @@ Set HYBRIDSIM_DEBUG=1 to see full tracebacks.
 
 HYDRA_COMMANDS = ("generate", "train", "eval")
 COMMANDS = (*HYDRA_COMMANDS, "report")
-EXIT_USAGE, EXIT_ERROR = 2, 1
-
-# The settings of a run (TrainConfig's fields and the config groups): all that `resume` replays.
-RUN_KEYS = frozenset(
-    {"problem", "solver", "correction", "recipe", "coupling", "seed", "device", "dtype"}
-    | {"data_dir", "evaluate", "progress", "experiment", "logger"}
-)
-GROUPS = frozenset({"problem", "solver", "correction", "recipe", "experiment", "logger"})
-# Tracker settings that send a run's data somewhere else: never replayed from a run directory.
-REMOTE_TRACKING = ("logger.mlflow.tracking_uri", "logger.wandb.mode", "logger.wandb.entity")
-
-
-@dataclass
-class Session:
-    """What one ``main()`` call holds: the guard (lock, snapshot) of a single train's run
-    directory, the locks it took, the sweep directory of a multirun."""
-
-    guard: Any = None  # rundir.Guard of a single train
-    guards: list[Any] = field(default_factory=list)  # every lock taken, released at the end
-    sweep_dir: Path | None = None
-    sweep_started: float = 0.0
-
-    def close(self) -> None:
-        for g in self.guards:
-            g.release()
-        self.guards.clear()
-
-
-_SESSION = Session()
 
 
 def config_path() -> str:
@@ -142,125 +126,6 @@ def _hydra_app(command: str):
     return app
 
 
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    try:
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        return False
-
-
-def _job_num() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return str(HydraConfig.get().job.num)
-    except (ValueError, AttributeError):
-        return "?"
-
-
-def _undo_single_run() -> bool:
-    """A single train that failed before its training started: leave its run directory as it
-    was (remove it when this command created it). True when it did so."""
-    guard = _SESSION.guard
-    if guard is None or guard.training_started():
-        return False
-    guard.undo()
-    return True
-
-
-class Rejected(BaseException):
-    """A command refused before Hydra started its job (raised through Hydra's callback
-    machinery, which would swallow an Exception); ``error`` is the reason."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class RunGuard:
-    """Hydra callback (``hydra.callbacks.guard`` in ``conf/train.yaml``).
-
-    ``on_run_start`` runs after composition and before Hydra creates the run directory or writes
-    ``.hydra/``: it validates the whole config, then locks the run directory (created here if
-    new) and, when it holds a run already, checks that this continues that run
-    (``rundir.check_continuation``) and takes a snapshot to put back if the command fails.
-    ``on_multirun_start`` notes the sweep directory for the summary.
-    """
-
-    def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        from hybridsim.rundir import guard_run_dir
-
-        try:
-            run_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.run.dir"))))
-            container = _validate_train(_task_config(config))
-            guard = guard_run_dir(run_dir, container)
-        except Exception as e:  # noqa: BLE001
-            # Hydra turns a callback's Exception into a warning and runs the job anyway.
-            raise Rejected(e) from e
-        _SESSION.guard = guard
-        _SESSION.guards.append(guard)
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from omegaconf import OmegaConf
-
-        _SESSION.sweep_dir = Path(os.path.abspath(str(OmegaConf.select(config, "hydra.sweep.dir"))))
-        _SESSION.sweep_started = time.time()
-
-    def __getattr__(self, name: str) -> Any:  # the other callback hooks: nothing to do
-        if name.startswith("on_"):
-            return lambda *a, **k: None
-        raise AttributeError(name)
-
-
-def _task_config(config: Any) -> Any:
-    """The job's config without the ``hydra`` node (as the task function receives it)."""
-    import copy
-
-    from omegaconf import open_dict, read_write
-
-    task = copy.deepcopy(config)
-    with read_write(task), open_dict(task):
-        del task["hydra"]
-    return task
-
-
-def _validate_train(cfg: Any) -> dict:
-    """Everything checkable without doing work: types, ranges, finite values, unknown keys, the
-    solver/correction/coupling choices. Returns the resolved config as plain containers."""
-    from omegaconf import OmegaConf
-
-    from hybridsim.config import resolve_device, to_typed
-    from hybridsim.nn import accelerate
-    from hybridsim.problems.base import registered
-    from hybridsim.tracking import check_installed
-
-    typed = to_typed(cfg)
-    accelerate.check(typed.amp, resolve_device(typed.device), typed.dtype)
-    problem = registered()[typed.problem.name](typed.problem)
-    if parallel.world().active:
-        parallel.check_supported(problem, typed.recipe)
-    problem.check_run(typed.solver.name, typed.correction.name, typed.coupling, typed.recipe)
-    check_installed(list(typed.logger.enabled()))
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
-def _log_to_file(line: str) -> None:
-    """Put the error line into the job's log file as well (``<run>/train.log``, Hydra's file
-    handler; not the console, which has it already): the one place a failed job of a sweep
-    keeps why it failed, for ``hybridsim report``."""
-    import logging
-
-    record = logging.LogRecord("hybridsim", logging.ERROR, __file__, 0, line, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
 def _output_dir() -> Path:
     from hydra.core.hydra_config import HydraConfig
 
@@ -290,7 +155,7 @@ def _train(cfg) -> float:
     container = _validate_train(cfg)
     typed = to_typed(cfg)
     local = None
-    if _SESSION.guard is None or _SESSION.guard.run_dir != run_dir:
+    if cli_guard.SESSION.guard is None or cli_guard.SESSION.guard.run_dir != run_dir:
         # A sweep job (Hydra made its directory already), or a run without RunGuard (the
         # callback removed from the config): lock and check here, for this job only.
         local = guard_run_dir(run_dir, container)
@@ -389,7 +254,7 @@ def _eval(cfg) -> dict:
     typed = to_typed(cfg)
     load_run_config(Path(typed.run))  # a clear error for a directory that is not a run
     lock = lock_run_dir(typed.run, "being trained or evaluated")
-    _SESSION.guards.append(lock)
+    cli_guard.SESSION.guards.append(lock)
     remove_stale_temps(Path(typed.run) / "eval", recursive=True)
     result = run_eval(typed.run, typed.ckpt, typed.device, typed.data_dir)
     print_table(result)
@@ -421,149 +286,6 @@ def _track_eval(run_dir: Path, result: dict) -> None:
         trackers.close("completed")
 
 
-def _one_line(e: BaseException) -> str:
-    """A readable single line from any exception (Hydra's are multi-line)."""
-    if isinstance(e, OSError) and e.filename:
-        return f"cannot use {e.filename}: {e.strerror or type(e).__name__}"
-    text = str(e).strip() or type(e).__name__
-    text = text.replace(
-        "Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.", ""
-    )
-    cause = e.__cause__
-    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
-        text += f": {str(cause).strip()}"
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    joined, i = [], 0
-    while i < len(lines):  # "Available options in 'problem':" + tab-indented names -> one list
-        if lines[i].startswith("Available options") and lines[i].endswith(":"):
-            header, opts = lines[i][:-1].lower(), []
-            i += 1
-            while i < len(lines) and re.fullmatch(r"[\w./-]+", lines[i]):
-                opts.append(lines[i])
-                i += 1
-            joined.append(f"{header}: {', '.join(opts)}")
-            continue
-        if lines[i].startswith(
-            ("full_key:", "object_type=", "Config search path", "provider=", "- provider=")
-        ):
-            i += 1
-            continue
-        joined.append(lines[i])
-        i += 1
-    return "; ".join(joined)
-
-
-def _quote(value: str) -> str:
-    """``value`` as a quoted Hydra override value that parses back to exactly ``value`` (paths
-    with ``,``, ``'``, spaces, ``=``, ``${``)."""
-    text = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value)
-    text = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, text)
-    return "'" + text.replace("${", "\\${") + "'"
-
-
-def _override_parser() -> Any:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create()
-
-
-def _replayable(item: Any, source: Path) -> str:
-    """A saved override that ``resume`` may replay: a setting of the run itself, never a Hydra
-    setting (``hydra.*``: environment, launcher, callbacks, output), a package, a config loaded
-    from outside the config search path, a resolver (``${oc.env:...}``; a reference to another
-    key such as ``${seed}`` is fine) or a sweep. ConfigError otherwise."""
-    from hybridsim.config import ConfigError
-
-    refuse = f"cannot resume: {source} holds {str(item)[:120]!r}, which resume does not replay"
-    if not isinstance(item, str):
-        raise ConfigError(f"{refuse} (not a key=value override)")
-    try:
-        override = _override_parser().parse_override(item)
-    except Exception:  # noqa: BLE001  (any grammar error)
-        raise ConfigError(f"{refuse} (not a valid override)") from None
-    key = override.key_or_group
-    root = re.split(r"[./@]", key, maxsplit=1)[0]
-    if root not in RUN_KEYS or override.package is not None:
-        raise ConfigError(
-            f"{refuse}: {key} is not a setting of the run ({', '.join(sorted(RUN_KEYS))})"
-        )
-    if override.is_sweep_override():
-        raise ConfigError(f"{refuse}: a sweep is not one run")
-    if re.search(r"\$\{\s*[\w.-]+\s*:", item):  # ${seed} is replayed, ${oc.env:X} is not
-        raise ConfigError(f"{refuse}: resolver interpolations are not replayed")
-    if key in REMOTE_TRACKING:
-        raise ConfigError(f"{refuse}: where a tracker sends data is given on the command line")
-    if key in GROUPS:
-        value = override.value()
-        names = value if key == "logger" and isinstance(value, list) else [value]
-        for name in names:
-            if not (
-                isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name)
-            ) or (".." in name):
-                raise ConfigError(f"{refuse}: {key} must name a config of its group")
-    return item
-
-
-def _rewrite_resume(argv: list[str]) -> list[str]:
-    """``train resume=DIR``: replay DIR's own settings (its ``.hydra/overrides.yaml``, only the
-    run's keys, see :func:`_replayable`) and the new overrides into DIR, quoted; RunGuard then
-    checks that the result continues DIR's run and may change only safe keys."""
-    resume = [a for a in argv if a.startswith("resume=")]
-    if not resume:
-        return argv
-    import yaml
-
-    from hybridsim.atomic import NotARegularFile, require_regular_file
-    from hybridsim.config import ConfigError
-
-    if len(resume) > 1:
-        raise ConfigError("give resume= once")
-    value = resume[0].split("=", 1)[1]
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        value = value[1:-1]
-    if not value:
-        raise ConfigError("resume= needs a run directory printed by hybridsim train")
-    run_dir = Path(os.path.abspath(os.path.expanduser(value)))
-    saved = run_dir / ".hydra" / "overrides.yaml"
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"cannot resume: run directory {run_dir} does not exist")
-    try:
-        for f in (run_dir / "config_resolved.yaml", saved):
-            require_regular_file(f, "run file")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"cannot resume: {run_dir} is not a hybridsim train run directory "
-            "(no config_resolved.yaml and .hydra/overrides.yaml)"
-        ) from None
-    except NotARegularFile as e:
-        raise ConfigError(f"cannot resume: {e}") from None
-    try:
-        overrides = yaml.safe_load(saved.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError):
-        raise ConfigError(f"cannot resume: {saved} is not readable YAML") from None
-    if overrides is None:
-        overrides = []
-    if not isinstance(overrides, list):
-        raise ConfigError(f"cannot resume: {saved} must be a list of key=value overrides")
-    replay = [_replayable(item, saved) for item in overrides]
-    rest = [a for a in argv if not a.startswith("resume=")]
-    for a in rest:
-        if a in ("-m", "--multirun"):
-            raise ConfigError("resume continues one run; it cannot be a sweep (-m)")
-        if not a.startswith("-") and re.split(r"[./@=]", a.lstrip("+~"), maxsplit=1)[0] == "hydra":
-            raise ConfigError(
-                f"resume refuses {a}: the run directory and Hydra's settings are the run's own"
-            )
-    # A new value replaces the saved one (instead of piling up in overrides.yaml).
-    new_keys = {_override_key(a) for a in rest if not a.startswith("-")}
-    replay = [item for item in replay if _override_key(item) not in new_keys]
-    return [*replay, *rest, f"hydra.run.dir={_quote(str(run_dir))}"]
-
-
-def _override_key(item: str) -> str:
-    return item.split("=", 1)[0].lstrip("+~")
-
-
 def _check_flags(command: str, argv: list[str]) -> Any:
     """Hydra's own argument parser on ``argv``: a wrong flag is one line (UsageError) instead of
     argparse's usage text. Returns the parsed namespace."""
@@ -583,68 +305,6 @@ def _check_flags(command: str, argv: list[str]) -> Any:
 
 class UsageError(ValueError):
     """Wrong command-line syntax (a flag)."""
-
-
-def _sweep_summary(command: str) -> int:
-    """After a multirun: one line for the sweep, one per failed job; EXIT_ERROR if any failed.
-    Reads each job's record from disk (so it works with any launcher): this sweep's jobs are the
-    job directories whose ``.hydra/hydra.yaml`` was written after it started. A sweep run again
-    in the same directory says how many jobs it skipped (completed before), resumed and rerun."""
-    from hybridsim.report.runs import ReportError, read_run
-
-    root = _SESSION.sweep_dir
-    if root is None or not root.is_dir():
-        return 0
-    started = _SESSION.sweep_started - 1
-    jobs = []
-    for hydra_yaml in root.glob("*/.hydra/hydra.yaml"):
-        if hydra_yaml.stat().st_mtime >= started:
-            jobs.append(hydra_yaml.parent.parent)
-    done, failed, actions = [], [], dict.fromkeys(("skipped", "resumed", "rerun"), 0)
-    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
-        meta = None
-        try:
-            run = read_run(job)
-            meta = run.meta
-            status = run.meta.get("status") if run.meta else None
-            error = run.error
-        except ReportError as e:
-            status, error = None, str(e)
-        action = _job_action(job, meta)
-        if action in actions:
-            actions[action] += 1
-        if status == "completed" and not error:
-            done.append(job)
-        else:
-            failed.append((job, error or status or "did not start"))
-    names = {"skipped": "skipped (completed before)", "resumed": "resumed", "rerun": "rerun"}
-    again = ", ".join(f"{n} {names[a]}" for a, n in actions.items() if n)
-    again = f" ({again})" if again else ""
-    if not failed:
-        print(f"sweep {root}: {len(done)} of {len(jobs)} jobs done{again}")
-        return 0
-    print(
-        f"hybridsim {command}: sweep {root}: {len(jobs)} jobs, {len(done)} done, "
-        f"{len(failed)} failed{again}; run the same command again to rerun the failed jobs "
-        "(and resume interrupted ones, skipping the rest)",
-        file=sys.stderr,
-    )
-    for job, why in failed:
-        print(f"  job {job.name} failed ({job}): {why}", file=sys.stderr)
-    return EXIT_ERROR
-
-
-def _job_action(job: Path, meta: dict | None) -> str:
-    """What this launch did with a job: the record in its meta.json when this launch wrote it
-    (after Hydra wrote the job's ``.hydra/hydra.yaml``); a meta.json older than that was left
-    untouched: a job skipped as completed before."""
-    path = job / "meta.json"
-    if not meta or not path.is_file():
-        return "new"
-    if path.stat().st_mtime_ns < (job / ".hydra" / "hydra.yaml").stat().st_mtime_ns:
-        return "skipped" if meta.get("status") == "completed" else "new"
-    attempt = meta.get("attempt")
-    return str(attempt.get("action", "new")) if isinstance(attempt, dict) else "new"
 
 
 def _ddp_worker() -> int:
@@ -673,9 +333,9 @@ def _ddp_worker() -> int:
 def _interrupted_line(command: str, e: KeyboardInterrupt) -> str:
     name = e.args[0] if isinstance(e, interrupts.Interrupted) else "SIGINT"
     line = f"hybridsim {command}: interrupted ({name})"
-    guard = _SESSION.guard
-    if _SESSION.sweep_dir is not None:
-        return f"{line}; the jobs run so far are in {_SESSION.sweep_dir}"
+    guard = cli_guard.SESSION.guard
+    if cli_guard.SESSION.sweep_dir is not None:
+        return f"{line}; the jobs run so far are in {cli_guard.SESSION.sweep_dir}"
     if command == "train" and guard is not None:
         if (guard.run_dir / "meta.json").is_file():
             world = parallel.world()
@@ -691,14 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
     finally:
-        _SESSION.close()
+        cli_guard.SESSION.close()
         parallel.finish()
         interrupts.restore(previous)
 
 
 def _main(argv: list[str]) -> int:
-    global _SESSION
-    _SESSION = Session()
+    cli_guard.SESSION = cli_guard.Session()
     debug = bool(os.environ.get("HYBRIDSIM_DEBUG"))
     completion = os.environ.get("COMP_LINE")
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -8,8 +8,8 @@ that, :func:`check_config` checks every value of every schema generically: no ke
 does not declare, every number finite and at most ``MAX_MAGNITUDE`` in size, every seed an
 integer in ``[0, MAX_SEED]``, and each group holding a config of its own kind.
 
-Only ``cli.py`` and this module know about Hydra/OmegaConf; everything below takes the typed
-dataclasses.
+Only ``cli.py`` (with ``cli_guard.py``, ``cli_resume.py``) and this module know about
+Hydra/OmegaConf; everything below takes the typed dataclasses.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hybridsim.schemas import *  # noqa: F403  (the schemas, re-exported)
 from hybridsim.schemas import (
+    CORRECTION_SCHEMAS,
     ConfigError,
     CorrectionConfig,
     EvalConfig,
@@ -30,7 +31,9 @@ from hybridsim.schemas import (
     LoggerConfig,
     RecipeConfig,
     TrainConfig,
+    correction_schema,
     ns_scenario_default,
+    upgrade_saved_correction,
 )
 
 # Filled from the problem registry (each problem's ``schema`` and ``solver_schemas``) on first
@@ -61,7 +64,8 @@ def register_schemas() -> None:
         cs.store(group="schema/problem", name=name, node=node)
     for name, node in SOLVER_SCHEMAS.items():
         cs.store(group="schema/solver", name=name, node=node)
-    cs.store(group="schema/correction", name="base", node=CorrectionConfig)
+    for name, node in CORRECTION_SCHEMAS.items():
+        cs.store(group="schema/correction", name=name, node=node)
     cs.store(group="schema/recipe", name="base", node=RecipeConfig)
     if not OmegaConf.has_resolver("ns_scenario"):
         OmegaConf.register_new_resolver("ns_scenario", ns_scenario_default)
@@ -143,7 +147,7 @@ def _check_keys(node: Any, prefix: str) -> None:
 GROUP_SCHEMAS = {
     "problem": lambda: tuple(PROBLEM_SCHEMAS.values()),
     "solver": lambda: tuple(SOLVER_SCHEMAS.values()),
-    "correction": lambda: (CorrectionConfig,),
+    "correction": lambda: tuple(CORRECTION_SCHEMAS.values()),
     "recipe": lambda: (RecipeConfig,),
 }
 
@@ -177,6 +181,13 @@ def _check_groups(typed: Any) -> None:
         raise ConfigError(
             f"solver.kind={typed.solver.kind} does not fit solver={typed.solver.name}"
         )
+    if isinstance(typed, TrainConfig) and (
+        CORRECTION_SCHEMAS.get(typed.correction.kind) is not type(typed.correction)
+    ):
+        raise ConfigError(
+            f"correction.kind={typed.correction.kind} does not fit "
+            f"correction={typed.correction.name} (a {type(typed.correction).__name__})"
+        )
 
 
 def check_config(cfg: DictConfig, prefix: str = "") -> None:
@@ -208,7 +219,9 @@ def typed_from_container(schema: type, container: dict, prefix: str = "") -> Any
 
 def typed_train_config(container: dict) -> TrainConfig:
     """A TrainConfig from a plain dict (a run's ``config_resolved.yaml``), each group merged
-    into its own schema so that types and ranges are checked again."""
+    into its own schema (the solver's and the correction's picked by their ``kind``) so that
+    types and ranges are checked again. A correction saved before one schema per kind is read
+    through :func:`upgrade_saved_correction`."""
     if not isinstance(container, dict):
         raise ConfigError(f"expected a mapping of settings, got {type(container).__name__}")
     load_schemas()
@@ -225,6 +238,7 @@ def typed_train_config(container: dict) -> TrainConfig:
     solver_kind = container["solver"].get("kind", "ode")
     if solver_kind not in SOLVER_SCHEMAS:
         raise ConfigError(f"unknown solver kind {solver_kind!r} in saved config")
+    correction = upgrade_saved_correction(container["correction"])
     top = {
         k: v for k, v in container.items() if k not in ("problem", "solver", "correction", "recipe")
     }
@@ -236,7 +250,9 @@ def typed_train_config(container: dict) -> TrainConfig:
     return TrainConfig(
         problem=typed_from_container(PROBLEM_SCHEMAS[problem["name"]], problem, "problem."),
         solver=typed_from_container(SOLVER_SCHEMAS[solver_kind], container["solver"], "solver."),
-        correction=typed_from_container(CorrectionConfig, container["correction"], "correction."),
+        correction=typed_from_container(
+            correction_schema(correction.get("kind")), correction, "correction."
+        ),
         recipe=typed_from_container(RecipeConfig, container["recipe"], "recipe."),
         logger=typed_from_container(LoggerConfig, logger, "logger."),
         **top,
@@ -277,8 +293,17 @@ def correction_config(name: str, problem: Any) -> CorrectionConfig:
     if not path.is_file():
         raise ConfigError(f"correction={name} has no config file ({path})")
     node = OmegaConf.create(path.read_text())
-    node.pop("defaults", None)
+    defaults = node.pop("defaults", None) or []
+    kinds = [
+        kind
+        for entry in defaults
+        if isinstance(entry, DictConfig)
+        for key, kind in entry.items()
+        if str(key).split("@")[0].strip("/") == "schema/correction"
+    ]
+    if len(kinds) != 1:
+        raise ConfigError(f"{path} must extend one /schema/correction@_here_: <kind>")
     root = OmegaConf.create({"problem": asdict(problem)})
-    root.correction = OmegaConf.merge(OmegaConf.structured(CorrectionConfig), node)
+    root.correction = OmegaConf.merge(OmegaConf.structured(correction_schema(kinds[0])), node)
     check_config(root.correction, "correction.")
     return OmegaConf.to_object(root.correction)

@@ -19,6 +19,7 @@ import yaml
 
 from hybridsim.atomic import NotARegularFile, remove_stale_temps, require_regular_file
 from hybridsim.locks import Lock, lock_run_dir
+from hybridsim.schemas import ConfigError, upgrade_saved_correction
 
 # Keys a resume may change: how the run is shown, where it runs, whether it is evaluated, where
 # its (content-addressed) data file is looked for.
@@ -64,6 +65,12 @@ def load_saved_config(run_dir: Path) -> dict[str, Any]:
             f"cannot use {path}: it is empty or has no 'problem' section (it is not the config "
             "that hybridsim train saved)"
         )
+    if isinstance(saved.get("correction"), dict):
+        # A run saved before one schema per correction kind: its correction in its kind's schema.
+        try:
+            saved["correction"] = upgrade_saved_correction(saved["correction"])
+        except ConfigError as e:
+            raise RunDirError(f"cannot use {path}: {e}") from None
     return saved
 
 

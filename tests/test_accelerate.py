@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig, RecipeConfig
+from hybridsim.config import LVConfig, MLPConfig, ODESolverConfig, RecipeConfig
 from hybridsim.nn import ConvNet, GroupedMLP
 from hybridsim.nn.accelerate import accelerate, accelerate_model, check
 from hybridsim.problems.lotka_volterra import LotkaVolterra
@@ -25,7 +25,7 @@ def _lv(dtype, seed=0):
     problem = LotkaVolterra(LVConfig(t_train=2.0, t_test=3.0))
     train, val = problem.generate("train", 1), problem.generate("val", 2)
     torch.manual_seed(seed)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[8])
+    corr = MLPConfig(width=[8])
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train)
     cpu = torch.device("cpu")
     model.to(dtype=dtype)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridsim.config import ConfigError, CorrectionConfig, CTConfig, CTSolverConfig, RecipeConfig
+from hybridsim.config import ConfigError, ConvNetConfig, CTConfig, CTSolverConfig, RecipeConfig
 from hybridsim.data import config_hash
 from hybridsim.numerics.phantoms import (
     random_ellipses_batch,
@@ -21,7 +21,7 @@ from hybridsim.problems.tomography import Tomography
 from hybridsim.train import fit
 
 FRESH = CTConfig(size=24, n_angles=12, n_val=3, n_test=2, n_ellipses=20, tv_iters=20)
-NET = CorrectionConfig(name="convnet", kind="convnet", activation="relu", width=[8, 8])
+NET = ConvNetConfig(activation="relu", width=[8, 8])
 CPU32 = {"device": torch.device("cpu"), "dtype": torch.float32}  # the run's device and dtype
 
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hybridsim.config import CorrectionConfig, CTConfig, CTSolverConfig
+from hybridsim.config import ConvNetConfig, CTConfig, CTSolverConfig
 from hybridsim.numerics.radon import fbp
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.base import ProblemError
@@ -16,7 +16,7 @@ from hybridsim.problems.tomography import Tomography
 from hybridsim.problems.tomography_lpd import LearnedPrimalDual
 
 CFG = CTConfig(size=16, n_angles=8, n_val=4, n_test=2, n_ellipses=10, memory=3)
-ZERO = CorrectionConfig(name="convnet", kind="convnet", width=[6, 6], init_scale=0.0)
+ZERO = ConvNetConfig(activation="tanh", width=[6, 6], init_scale=0.0)
 NET = replace(ZERO, init_scale=0.1)
 SOLVER = CTSolverConfig(name="gd", n_iter=3)
 

@@ -9,7 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from hybridsim.config import ConfigError, CorrectionConfig, CTConfig, CTSolverConfig
+from hybridsim.config import (
+    ConfigError,
+    ConvNetConfig,
+    CTConfig,
+    CTSolverConfig,
+    NoCorrectionConfig,
+)
 from hybridsim.numerics.radon import fbp
 from hybridsim.numerics.reconstruction import (
     AcceleratedGradientDescent,
@@ -25,10 +31,8 @@ from hybridsim.problems.tomography import Tomography, line_integrals
 TINY = CTConfig(
     size=24, n_angles=12, train_data="stored", n_train=8, n_val=2, n_test=3, n_ellipses=20
 )
-NONE = CorrectionConfig(name="none", kind="none")
-ZERO_NET = CorrectionConfig(
-    name="convnet", kind="convnet", activation="relu", init_scale=0.0, width=[8, 8]
-)
+NONE = NoCorrectionConfig()
+ZERO_NET = ConvNetConfig(activation="relu", init_scale=0.0, width=[8, 8])
 NET = replace(ZERO_NET, init_scale=0.1)
 
 

@@ -29,8 +29,8 @@ from tiny import CT_TINY, LV_TINY  # noqa: E402
 
 import hybridsim.numerics as numerics  # noqa: E402
 from hybridsim.config import (  # noqa: E402
-    CorrectionConfig,
     LVConfig,
+    MLPConfig,
     ODESolverConfig,
     RecipeConfig,
 )
@@ -179,7 +179,7 @@ def test_3d_wake_step_on_device_is_divergence_free():
 def _lv_model(solver):
     problem = LotkaVolterra(LVConfig())
     train = problem.generate("train", 1)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[8])
+    corr = MLPConfig(width=[8])
     model = problem.build_model(ODESolverConfig(name=solver), corr, "rhs", train)
     return model.double().to(DEVICE)
 
@@ -227,7 +227,7 @@ def _fit(run_dir, interrupt_at=None):
         problem = LotkaVolterra(LVConfig(t_train=2.0, t_test=3.0))
         train, val = problem.generate("train", 1), problem.generate("val", 2)
         torch.manual_seed(seed)
-        corr = CorrectionConfig(name="mlp", kind="mlp", width=[8])
+        corr = MLPConfig(width=[8])
         model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train).to(DEVICE)
         data = (train.tensors(DEVICE, torch.float32), val.tensors(DEVICE, torch.float32))
         return problem, model, data

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from hybridsim.config import ConfigError, CorrectionConfig, FluidSolverConfig, NSConfig
+from hybridsim.config import (
+    ConfigError,
+    FluidSolverConfig,
+    NoCorrectionConfig,
+    NSConfig,
+    ResNetConfig,
+)
 from hybridsim.nn.resnet import ResNet, n_parameters
 from hybridsim.nn.unet import UNet
 from hybridsim.numerics.rollout import GradientMode
@@ -28,7 +34,7 @@ TINY = NSConfig(
     reynolds_test=[200.0],
 )
 SOLVER = FluidSolverConfig(name="semi_lagrangian")
-RESNET = CorrectionConfig(name="resnet", kind="resnet", width=[8, 8], kernel_size=3)
+RESNET = ResNetConfig(width=[8, 8], kernel_size=3, init_scale=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +72,7 @@ def test_data_shapes_and_disjoint_reynolds(tiny):
 def test_zero_correction_is_the_solver_alone(tiny):
     problem, train = tiny
     data = _tensors(train)
-    solver = problem.build_model(SOLVER, CorrectionConfig(), "after_step", train)
+    solver = problem.build_model(SOLVER, NoCorrectionConfig(), "after_step", train)
     zero = problem.build_model(SOLVER, replace(RESNET, init_scale=0.0), "after_step", train)
     batch = problem.batch(data, 2, 5, torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -129,7 +135,7 @@ def test_model_set_and_validation(tiny):
     models = problem.model_set(SOLVER, RESNET, "after_step", train, baselines=True, untrained=True)
     assert set(models) == {"hybrid", "non", "solver"}
     assert models["solver"].correction is None and models["non"].coupling.name == "non"
-    only = problem.model_set(SOLVER, CorrectionConfig(), "after_step", train, True, True)
+    only = problem.model_set(SOLVER, NoCorrectionConfig(), "after_step", train, True, True)
     assert set(only) == {"hybrid"}
     metrics = problem.validate(models["solver"], _tensors(train))
     assert math.isfinite(metrics["loss"]) and 0 < metrics["rel_l2"] < 1
@@ -216,7 +222,7 @@ def test_bad_scenario_options():
     with pytest.raises(ProblemError, match="problem.conserve_momentum=true needs a periodic"):
         NavierStokes(replace(TINY, conserve_momentum=True))
     with pytest.raises(ConfigError, match="correction.padding=reflect"):
-        CorrectionConfig(kind="resnet", padding="reflect")
+        ResNetConfig(padding="reflect")
 
 
 # ------------------------------------------------------------------ scale, momentum, padding
@@ -283,7 +289,7 @@ def test_momentum_balance_on_periodic_domains():
         for c in range(2):  # the forcing sin(4y) has zero mean
             expected = state[c].mean((1, 2)) * (1 - drag * dt) ** k
             torch.testing.assert_close(s[c].mean((1, 2)), expected, rtol=1e-4, atol=1e-6)
-    solver = problem.build_model(SOLVER, CorrectionConfig(), "after_step", train)
+    solver = problem.build_model(SOLVER, NoCorrectionConfig(), "after_step", train)
     assert solver.correction is None
     plain = solver.stepper.template
     with torch.no_grad():

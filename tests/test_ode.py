@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig
+from hybridsim.config import LVConfig, MLPConfig, NoCorrectionConfig, ODESolverConfig
 from hybridsim.numerics.ode import RK4, Dopri5, Euler, odeint
 from hybridsim.numerics.rollout import GradientMode
 from hybridsim.problems.lotka_volterra import LotkaVolterra, first_integral, lotka_volterra_rhs
@@ -77,7 +77,7 @@ def test_euler_energy_drifts_upward():
 def _model(solver: str, init_scale: float = 0.1):
     problem = LotkaVolterra(CFG)
     train = problem.generate("train", 1)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[8], init_scale=init_scale)
+    corr = MLPConfig(width=[8], init_scale=init_scale)
     return problem.build_model(ODESolverConfig(name=solver), corr, "rhs", train).double()
 
 
@@ -101,8 +101,8 @@ def test_gradcheck_through_unrolled_steps(solver):
 def test_zero_correction_is_physics_only(solver):
     problem = LotkaVolterra(CFG)
     train = problem.generate("train", 1)
-    zero = CorrectionConfig(name="mlp", kind="mlp", init_scale=0.0)
-    none = CorrectionConfig(name="none", kind="none")
+    zero = MLPConfig(init_scale=0.0)
+    none = NoCorrectionConfig()
     hybrid = problem.build_model(ODESolverConfig(name=solver), zero, "rhs", train)
     with torch.no_grad():
         hybrid.correction.biases[-1].zero_()
@@ -116,7 +116,7 @@ def test_zero_correction_is_physics_only(solver):
 def test_physics_only_misses_interactions():
     problem = LotkaVolterra(CFG)
     train = problem.generate("train", 1)
-    none = CorrectionConfig(name="none", kind="none")
+    none = NoCorrectionConfig()
     physics = problem.build_model(ODESolverConfig(name="rk4"), none, "rhs", train)
     u = torch.tensor([[10.0, 10.0]])
     rhs = rhs_at(physics, u)
@@ -154,7 +154,7 @@ def test_fused_rhs_equals_plain_rhs(coupling, per_capita):
     """The fast path (scales folded into the weights) computes the same function."""
     problem = LotkaVolterra(LVConfig(per_capita=per_capita))
     train = problem.generate("train", 1)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[16, 8], init_scale=1.0)
+    corr = MLPConfig(width=[16, 8], init_scale=1.0)
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, coupling, train).double()
     u = torch.rand(33, 2, dtype=torch.float64) * torch.tensor([29.0, 11.0])
     fast = model.coupling.rhs(model.stepper, model.correction)(0.0, u)
@@ -164,7 +164,7 @@ def test_fused_rhs_equals_plain_rhs(coupling, per_capita):
 def test_per_capita_networks_keep_extinct_populations_at_zero():
     """NN₁ = x·g₁, NN₂ = y·g₂: dx/dt = 0 where x = 0 and dy/dt = 0 where y = 0, whatever the
     network (the unconstrained form does not)."""
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[16], init_scale=1.0)
+    corr = MLPConfig(width=[16], init_scale=1.0)
     u = torch.tensor([[0.0, 3.0], [2.0, 0.0]], dtype=torch.float64)
     for per_capita in (True, False):
         problem = LotkaVolterra(LVConfig(per_capita=per_capita))

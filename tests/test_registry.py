@@ -30,7 +30,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import hybridsim
 from hybridsim.cli import main
-from hybridsim.config import register_schemas, to_typed
+from hybridsim.config import NoCorrectionConfig, register_schemas, to_typed
 from hybridsim.data import SPLITS, check_finite
 from hybridsim.evaluate import evaluate_models
 from hybridsim.numerics.ode import SOLVERS, odeint
@@ -76,7 +76,7 @@ def test_default_data_are_finite(setup):
 
 def test_zero_correction_is_the_solver_alone_for_every_coupling(setup):
     cfg, problem, splits = setup
-    none = type(cfg.correction)(name="none", kind="none")
+    none = NoCorrectionConfig()
     val = splits["val"].tensors(torch.device("cpu"), torch.float64)
     checked = []
     for coupling in problem.couplings:

@@ -476,11 +476,11 @@ def test_divergence_is_named_and_never_saved(tmp_path, capsys, monkeypatch):
 
 
 def _lv_fit_setup():
-    from hybridsim.config import CorrectionConfig, ODESolverConfig, RecipeConfig
+    from hybridsim.config import MLPConfig, ODESolverConfig, RecipeConfig
 
     problem = LotkaVolterra(LVConfig(t_train=2.0, t_test=3.0))
     train, val = problem.generate("train", 1), problem.generate("val", 2)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[8])
+    corr = MLPConfig(width=[8])
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train)
     cpu = torch.device("cpu")
     recipe = RecipeConfig(name="t", steps=6, batch_size=8, unroll=[3], val_every=2, log_every=1)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hybridsim.config import CorrectionConfig, LVConfig, ODESolverConfig, RecipeConfig
+from hybridsim.config import LVConfig, MLPConfig, ODESolverConfig, RecipeConfig
 from hybridsim.problems.lotka_volterra import LotkaVolterra
 from hybridsim.train import TrainingDiverged, fit, load_checkpoint, lr_factor, unroll_at
 
@@ -28,7 +28,7 @@ def _setup(seed=0):
     problem = LotkaVolterra(CFG)
     train, val = problem.generate("train", 1), problem.generate("val", 2)
     torch.manual_seed(seed)
-    corr = CorrectionConfig(name="mlp", kind="mlp", width=[8])
+    corr = MLPConfig(width=[8])
     model = problem.build_model(ODESolverConfig(name="rk4"), corr, "rhs", train)
     cpu = torch.device("cpu")
     return problem, model, train.tensors(cpu, torch.float32), val.tensors(cpu, torch.float32)

@@ -28,7 +28,8 @@ def build_correction(
     periodic: bool = False,
     copies: int = 1,
 ) -> nn.Module | None:
-    """The network of a correction config, ``None`` for ``kind == "none"`` (the solver alone).
+    """The network of a correction config (``hybridsim.schemas.corrections``: the schema of
+    its kind), ``None`` for ``kind == "none"`` (the solver alone).
 
     ``in_channels``/``out_channels``: features (``dim = 0``) or channels of a ``dim``-dimensional
     field ``(batch, channels, *spatial)``; ``groups``: independent MLPs side by side (one per
@@ -47,7 +48,8 @@ def build_correction(
         )
     if kind == "none":
         return None
-    padding = cfg.padding
+    # Only the kinds with a padding setting (resnet, unet) have the key.
+    padding = getattr(cfg, "padding", "zeros")
     if padding == "auto":
         padding = "circular" if periodic else "zeros"
 

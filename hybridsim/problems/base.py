@@ -220,7 +220,9 @@ class Problem(abc.ABC):
         """The main model (``hybrid``), the trained comparators when ``baselines``, and the
         untrained ones (the solver alone) when ``untrained``. ``correction_config(name)`` gives
         a comparator's correction config as the user's config files define it (the composition
-        root passes it; the schema's defaults otherwise)."""
+        root passes it; otherwise the defaults of the schema of the kind it names)."""
+        from hybridsim.schemas import correction_schema
+
         models = {"hybrid": self.build_model(solver, correction, coupling, train, gradient)}
         for c in self.resolve_comparators(correction.name, coupling, baselines, untrained):
             if c.correction is None or c.correction == correction.name:
@@ -228,7 +230,7 @@ class Problem(abc.ABC):
             elif correction_config is not None:
                 corr = correction_config(c.correction)
             else:
-                corr = type(correction)(name=c.correction, kind=c.correction)
+                corr = correction_schema(c.correction)(name=c.correction)
             models[c.name] = self.build_model(solver, corr, c.coupling, train, gradient)
         return models
 
