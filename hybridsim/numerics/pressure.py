@@ -59,32 +59,36 @@ class PressureOperator(LinearOperator):
                 widths += [1, 1] if a in bounded else [0, 0]
             pad = F.pad(p, widths)
         out = diag * p
-        windows = self._windows(p.dim()) if bounded else None
+        windows = self._windows(tuple(pad.shape)) if bounded else None
         for a, (c_lo, c_hi) in enumerate(coeffs):
             td = p.dim() - 1 - a
             if g.periodic[a]:
                 lo, hi = torch.roll(p, 1, dims=td), torch.roll(p, -1, dims=td)
             else:
-                lo, hi = pad[windows[a][0]], pad[windows[a][1]]
+                lo, hi = (pad.as_strided(p.shape, pad.stride(), offset) for offset in windows[a])
             out = out - c_lo * lo - c_hi * hi
         return out
 
-    def _windows(self, ndim: int) -> list:
-        """Per axis, the index tuples of the padded field that give the lower and the upper
-        neighbour of every cell (one strided view each; bounded axes are padded by one)."""
-        key = ("windows", ndim)
+    def _windows(self, padded_shape: tuple[int, ...]) -> list:
+        """Per axis, the storage offsets in the (contiguous) padded field of the lower and the
+        upper neighbour of cell 0: each neighbour field is then one strided view of the pad
+        with the pad's strides and the unpadded shape (bounded axes are padded by one)."""
+        key = ("windows", padded_shape)
         if key not in self._stencils:
             g = self.grid
+            ndim = len(padded_shape)
+            strides = [1] * ndim
+            for d in range(ndim - 2, -1, -1):
+                strides[d] = strides[d + 1] * padded_shape[d + 1]
             windows = []
             for a in range(g.dim):
                 pair = []
                 for start in (0, 2):
-                    index = [slice(None)] * ndim
+                    offset = 0
                     for b in range(g.dim):
                         if not g.periodic[b]:
-                            s0 = start if b == a else 1
-                            index[ndim - 1 - b] = slice(s0, s0 + g.cell_shape[g.dim - 1 - b])
-                    pair.append(tuple(index))
+                            offset += (start if b == a else 1) * strides[ndim - 1 - b]
+                    pair.append(offset)
                 windows.append(pair)
             self._stencils[key] = windows
         return self._stencils[key]
@@ -238,8 +242,9 @@ class FastDiagonalization:
         for a, m in enumerate(mats):
             if a == 0:  # x: last tensor dim, right-multiply by m^T
                 x = x @ m
-            elif a == 1:  # y: left-multiply on the last two dims
-                x = m @ x
+            elif a == 1:  # y: left-multiply on the last two dims (one bmm: `m @ x` spelled
+                # out, without matmul's broadcasting bookkeeping; the same kernel and values)
+                x = torch.bmm(m.expand(x.shape[0], *m.shape), x) if x.dim() == 3 else m @ x
             else:  # z: fold (y, x) into one axis
                 x = (m @ x.reshape(shape[0], shape[-3], -1)).reshape(shape)
         return x
@@ -251,7 +256,7 @@ class FastDiagonalization:
         if solid is None:
             return self._transform(self._transform(r, fwd) * inv, bwd)
         z = self._transform(self._transform(fluid * r, fwd) * inv, bwd)
-        return fluid * z + solid * r
+        return torch.addcmul(fluid * z, solid, r)
 
 
 def pcg(
