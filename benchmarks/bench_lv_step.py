@@ -27,6 +27,8 @@ from hybridsim.config import LVConfig, MLPConfig, ODESolverConfig  # noqa: E402
 from hybridsim.nn.accelerate import accelerate_model  # noqa: E402
 from hybridsim.problems.lotka_volterra import LotkaVolterra  # noqa: E402
 
+BLOCK = 5  # timed steps per turn
+
 
 def torchode_rk4(f, u0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``(n_t, batch, 2)`` by torchode with the classical RK4 tableau and fixed steps."""
@@ -66,7 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=30, help="timed steps per case")
     parser.add_argument("--json", help="write the work items here")
     parser.add_argument("--no-compile", dest="compile", action="store_false")
     parser.add_argument("--no-amp", dest="amp", action="store_false")
@@ -129,12 +131,14 @@ def main() -> int:
         ref = model(u0, t)
         diffs = {k: float((fn() - ref).abs().max()) for k, fn in cases.items()}
 
-    # The cases alternate call by call: drift in machine load affects all alike.
+    # The cases take turns (drift in machine load affects all alike), each turn a block of
+    # BLOCK steps back to back, as training runs them (common.measure_interleaved).
     owner = {k: models.get(k, model) for k in cases}
     stats = measure_interleaved(
         {k: (lambda fn=fn, m=owner[k]: loss_step(fn, m)) for k, fn in cases.items()},
-        args.repeats,
+        max(1, args.repeats // BLOCK),
         warmup=3,
+        block=BLOCK,
     )
     print(
         f"UDE training step: batch {args.batch} windows x {args.steps} RK4 steps, fwd+bwd, "

@@ -36,22 +36,35 @@ def measure(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict:
 
 
 def measure_interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, block: int = 1
 ) -> dict[str, dict]:
-    """``measure`` for several functions at once, their timed calls alternating (a, b, a, b,
-    ...), so that a change in machine load hits every one of them alike and their ratio holds
-    even on a busy shared machine."""
+    """``measure`` for several functions at once, their turns alternating (a, b, a, b, ...),
+    so that a change in machine load hits every one of them alike and their ratio holds even
+    on a busy shared machine.
+
+    ``block = 1``: a turn is one timed call. ``block > 1``: a turn is one untimed call and then
+    ``block`` timed calls back to back, ``repeats`` turns each (``repeats * block`` timings).
+    Use blocks where one side's call is short beside the other's: a 20x longer peer call
+    between two of ours evicts our caches, and single alternating calls then time a cold
+    call of ours, not a step as a simulation runs it (steps back to back). Both sides are
+    measured the same way.
+    """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            if block > 1:
+                fn()  # the turn starts warm
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
     return {k: summary(v) for k, v in times.items()}
 
 

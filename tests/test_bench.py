@@ -69,6 +69,21 @@ def test_interleaved_measurement_alternates_calls():
     assert stats["a"]["n"] == stats["b"]["n"] == 3
 
 
+def test_interleaved_blocks_run_back_to_back_after_one_untimed_call():
+    order = []
+    stats = common.measure_interleaved(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+        repeats=2,
+        warmup=1,
+        block=3,
+    )
+    turn = ["a"] * 4 + ["b"] * 4  # one untimed call, then three timed ones, per turn
+    assert order == ["a", "b"] + turn * 2
+    assert stats["a"]["n"] == stats["b"]["n"] == 6
+    with pytest.raises(ValueError, match="block"):
+        common.measure_interleaved({"a": lambda: None}, repeats=1, block=0)
+
+
 def test_compare_flags_a_ratio_slowdown_beyond_the_tolerance_only():
     old = _results([("a", 1.0, 10.0), ("b", 1.0, 10.0), ("c", 1.0, None), ("gone", 1.0, None)])
     # a: ratio 10 -> 6 (-40 %), b: ratio 10 -> 8 (-20 %), c: 2x slower without a peer
