@@ -41,6 +41,7 @@ from hybridsim.numerics.scenarios import wake, wake3d  # noqa: E402
 
 REYNOLDS = [97.7, 390.6, 1562.5]
 STEP_BLOCK = 10  # timed wake steps per turn
+PARTS = ("step", "sol", "memory", "3d")
 
 
 def make_resnet(kernel: int = 3, dim: int = 2) -> nn.Module:
@@ -322,6 +323,13 @@ def main() -> None:
     parser.add_argument("--kernel", type=int, default=3, help="ResNet kernel size (3: ~47k)")
     parser.add_argument("--json", help="write the work items here")
     parser.add_argument("--mem-child", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=PARTS,
+        default=list(PARTS),
+        help="run these parts only (default: all)",
+    )
     args = parser.parse_args()
     if args.mem_child:
         peak_memory_child(*args.mem_child)
@@ -336,7 +344,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32")
     results = Results("fluid")
 
-    for res in ((64, 32), (128, 64)):
+    for res in ((64, 32), (128, 64)) if "step" in args.parts else ():
         fns = {"ours": ours_step(res)}
         if phi:
             fns["peer"] = phiflow_step(res)
@@ -356,7 +364,7 @@ def main() -> None:
         )
 
     peer_repeats = max(3, args.repeats // 4)
-    for n_unroll in (4, 16):
+    for n_unroll in (4, 16) if "sol" in args.parts else ():
         run, n_params = ours_sol(n_unroll, args.repeats, args.kernel)
         zero_net, _ = ours_sol(n_unroll, 1, args.kernel, network=False)
         solver_part = measure(zero_net, max(5, args.repeats // 2), warmup=2)
@@ -386,9 +394,19 @@ def main() -> None:
             )
             print_item(item)
 
-    m4 = peak_memory(4, 0, args.kernel)
-    m32 = peak_memory(32, 4, args.kernel)
-    m32f = peak_memory(32, 0, args.kernel)
+    if "memory" in args.parts:
+        memory(results, args.kernel)
+    if "3d" in args.parts:
+        three_d(results)
+    if phi and "3d" in args.parts:
+        print(f"  PhiFlow 3D 64x32x32 (65,536 cells): {phiflow_3d_buildable()}")
+    results.write(args.json)
+
+
+def memory(results: Results, kernel: int) -> None:
+    m4 = peak_memory(4, 0, kernel)
+    m32 = peak_memory(32, 4, kernel)
+    m32f = peak_memory(32, 0, kernel)
     for name, m in (
         ("peak memory growth SOL-4", m4),
         ("peak memory growth SOL-32 checkpoint(4)", m32),
@@ -397,6 +415,8 @@ def main() -> None:
         mib = m / 2**20
         print_item(results.add(name, {"median": mib, "min": mib, "max": mib, "n": 1}, unit="MiB"))
 
+
+def three_d(results: Results) -> None:
     repeats_3d = 3
     plain = [ours_3d(20) for _ in range(repeats_3d)]
     print_item(
@@ -431,9 +451,6 @@ def main() -> None:
             note=f"max |output difference| {diff:.1e}; a layout the network code could adopt",
         )
     )
-    if phi:
-        print(f"  PhiFlow 3D 64x32x32 (65,536 cells): {phiflow_3d_buildable()}")
-    results.write(args.json)
 
 
 if __name__ == "__main__":
