@@ -34,7 +34,7 @@ RESULTS = HERE / "results"
 BENCHMARKS = {
     "lv_step": ("bench_lv_step.py", ["--repeats", "5"]),
     "radon": ("bench_radon.py", ["--repeats", "3"]),
-    "ct_train": ("bench_ct_train.py", ["--repeat", "1"]),
+    "ct_train": ("bench_ct_train.py", ["--repeat", "1", "--options-repeat", "2"]),
     "fluid": ("bench_fluid.py", ["--repeats", "6"]),
 }
 PEERS = ("torch", "torchdiffeq", "torchode", "scikit-image", "phiflow", "phiml", "numpy")
@@ -116,21 +116,40 @@ def load(path: Path) -> dict:
     return data
 
 
-def last_committed(exclude: Path | None = None) -> Path | None:
-    """The committed results file with the latest date (``git ls-files``), or None."""
+def committed_files(exclude: Path | None = None) -> list[tuple[str, Path, dict]]:
+    """The committed results files (``git ls-files``), newest first: ``(date, path, data)``."""
     listed = git("ls-files", "--", str(RESULTS.relative_to(ROOT)))
-    best, best_date = None, ""
+    found = []
     for rel in listed.splitlines():
         path = ROOT / rel
         if path.suffix != ".json" or not path.exists() or path == exclude:
             continue
         try:
-            date = load(path)["machine"].get("date") or ""
+            data = load(path)
         except (ValueError, json.JSONDecodeError):
             continue
-        if date > best_date:
-            best, best_date = path, date
-    return best
+        found.append((data["machine"].get("date") or "", path, data))
+    return sorted(found, key=lambda f: f[0], reverse=True)
+
+
+def references(new: dict, files: list[tuple[str, Path, dict]]) -> list[tuple[Path, dict]]:
+    """For every benchmark in ``new``, the newest of ``files`` (``committed_files()``, newest
+    first) that measured it, so that a committed run of ``--only lv_step`` does not hide the
+    older file that holds the radon items: ``(path, its data restricted to the benchmarks it
+    is the reference for)`` per file used."""
+    wanted = {i.get("bench") for i in new["items"]}
+    chosen: dict[Path, tuple[dict, set]] = {}
+    for _, path, data in files:
+        has = {i.get("bench") for i in data["items"]} & wanted
+        if has:
+            chosen[path] = (data, has)
+            wanted -= has
+        if not wanted:
+            break
+    return [
+        (path, {**data, "items": [i for i in data["items"] if i.get("bench") in benches]})
+        for path, (data, benches) in chosen.items()
+    ]
 
 
 def compare(old: dict, new: dict, tolerance: float) -> tuple[list[str], list[str]]:
@@ -168,26 +187,40 @@ def compare(old: dict, new: dict, tolerance: float) -> tuple[list[str], list[str
     return slow, notes
 
 
-def report(old_path: Path | None, new: dict, tolerance: float) -> int:
-    """Print the comparison; the number of slowdowns."""
-    if old_path is None:
+def report(refs: list[tuple[Path, dict]], new: dict, tolerance: float) -> int:
+    """Print the comparison with each reference file; the number of slowdowns."""
+    if not refs:
         print("\nno committed results file to compare with (benchmarks/results/*.json)")
         return 0
-    old = load(old_path)
-    shown = old_path.relative_to(ROOT) if old_path.is_relative_to(ROOT) else old_path
-    print(
-        f"\ncompared with {shown}"
-        f" ({old['machine'].get('commit')}, {old['machine'].get('date')}, "
-        f"{old['machine'].get('cpu')}); tolerance {100 * tolerance:.0f} %"
-    )
-    if old["machine"].get("cpu") != new["machine"].get("cpu"):
-        print("  note: another CPU model; only the ratios are comparable")
-    slow, notes = compare(old, new, tolerance)
-    for line in slow + notes:
-        print("  " + line)
-    if not slow:
-        print("  no ratio slowed down beyond the tolerance")
-    return len(slow)
+    n_slow = 0
+    for old_path, old in refs:
+        shown = old_path.relative_to(ROOT) if old_path.is_relative_to(ROOT) else old_path
+        benches = sorted({str(i.get("bench")) for i in old["items"]})
+        print(
+            f"\ncompared with {shown}"
+            f" ({old['machine'].get('commit')}, {old['machine'].get('date')}, "
+            f"{old['machine'].get('cpu')}) for {', '.join(benches)}; "
+            f"tolerance {100 * tolerance:.0f} %"
+        )
+        if old["machine"].get("cpu") != new["machine"].get("cpu"):
+            print("  note: another CPU model; only the ratios are comparable")
+        part = {**new, "items": [i for i in new["items"] if str(i.get("bench")) in benches]}
+        slow, notes = compare(old, part, tolerance)
+        for line in slow + notes:
+            print("  " + line)
+        if not slow:
+            print("  no ratio slowed down beyond the tolerance")
+        n_slow += len(slow)
+    compared = {str(i.get("bench")) for _, old in refs for i in old["items"]}
+    for bench in sorted({str(i.get("bench")) for i in new["items"]} - compared):
+        print(f"\n{bench}: no committed results file has measured it (nothing to compare)")
+    return n_slow
+
+
+def _refs(against: Path | None, new: dict, exclude: Path | None = None) -> list:
+    if against is not None:
+        return [(against, load(against))]
+    return references(new, committed_files(exclude))
 
 
 def markdown(data: dict) -> str:
@@ -245,8 +278,8 @@ def main() -> int:
             return 0
         if args.compare:
             new = load(args.compare)
-            old = args.against or last_committed(exclude=args.compare.resolve())
-            n_slow = report(old, new, args.tolerance)
+            refs = _refs(args.against, new, exclude=args.compare.resolve())
+            n_slow = report(refs, new, args.tolerance)
             return 1 if n_slow and args.strict else 0
     except (ValueError, json.JSONDecodeError) as exc:
         print(f"run_all: {exc}", file=sys.stderr)
@@ -270,7 +303,9 @@ def main() -> int:
     stem.with_suffix(".json").write_text(json.dumps(new, indent=1) + "\n")
     stem.with_suffix(".txt").write_text("\n".join(log) + "\n")
     print(f"\nwrote {stem}.json and {stem.name}.txt")
-    n_slow = report(args.against or last_committed(), new, args.tolerance)
+    n_slow = report(
+        _refs(args.against, new, exclude=stem.with_suffix(".json")), new, args.tolerance
+    )
     if new["failed"]:
         print(f"\nfailed: {', '.join(new['failed'])}", file=sys.stderr)
         return 1

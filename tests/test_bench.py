@@ -105,6 +105,34 @@ def test_compare_flags_a_ratio_slowdown_beyond_the_tolerance_only():
         run_all.compare(old, new, tolerance=1.5)
 
 
+def test_each_benchmark_is_compared_with_the_newest_file_that_measured_it(capsys):
+    def bench(data, name):
+        for it in data["items"]:
+            it["bench"] = name
+        return data
+
+    # newest first: a later run of lv_step alone must not hide the older radon items
+    lv_only = bench(_results([("step", 1.0, 10.0)]), "lv_step")
+    both = _results([("step", 1.0, 2.0), ("adjoint", 1.0, 50.0)])
+    both["items"][0]["bench"], both["items"][1]["bench"] = "lv_step", "radon"
+    files = [("2026-02", Path("new.json"), lv_only), ("2026-01", Path("old.json"), both)]
+    new = _results([("step", 1.0, 10.0), ("adjoint", 1.0, 20.0), ("wake", 1.0, 5.0)])
+    new["items"][0]["bench"], new["items"][1]["bench"], new["items"][2]["bench"] = (
+        "lv_step",
+        "radon",
+        "fluid",
+    )
+    refs = run_all.references(new, files)
+    assert [(p.name, [i["name"] for i in d["items"]]) for p, d in refs] == [
+        ("new.json", ["step"]),
+        ("old.json", ["adjoint"]),  # its lv_step item is not the reference
+    ]
+    assert run_all.report(refs, new, 0.3) == 1  # the adjoint's ratio fell 50x -> 20x
+    out = capsys.readouterr().out
+    assert "SLOWER adjoint" in out and "fluid: no committed results file" in out
+    assert run_all.report([], new, 0.3) == 0
+
+
 def test_compare_command_line(tmp_path):
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(json.dumps(_results([("a", 1.0, 10.0)])))
