@@ -72,7 +72,19 @@ def test_projection_idempotent_and_self_adjoint(name):
 
 
 def test_stencil_matches_gradient_divergence_form():
-    for grid in (GRIDS["wake"](), GRIDS["periodic_obstacle"](), GRIDS["closed_box"]()):
+    # bounded, periodic, one axis of each (the neighbour views' offsets mix padded and rolled
+    # axes), and 3D bounded (offsets over three strides)
+    mixed = MACGrid(
+        (24, 12), (6.0, 3.0), ["periodic", "wall"], obstacle=_box((12, 24), 4, 8, 8, 12)
+    )
+    box3d = MACGrid((8, 6, 4), (2.0, 1.5, 1.0), ["wall", "slip", ("wall", "slip")])
+    for grid in (
+        GRIDS["wake"](),
+        GRIDS["periodic_obstacle"](),
+        GRIDS["closed_box"](),
+        mixed,
+        box3d,
+    ):
         op = PressureOperator(grid)
         p = torch.randn(2, *grid.cell_shape, **F64)
         err = float((op.A(p) - op.A_reference(p)).abs().max())

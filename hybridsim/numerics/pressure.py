@@ -59,27 +59,25 @@ class PressureOperator(LinearOperator):
                 widths += [1, 1] if a in bounded else [0, 0]
             pad = F.pad(p, widths)
         out = diag * p
-        windows = self._windows(tuple(pad.shape)) if bounded else None
+        windows = self._windows(pad) if bounded else None
+        base = pad.storage_offset() if bounded else 0
         for a, (c_lo, c_hi) in enumerate(coeffs):
             td = p.dim() - 1 - a
             if g.periodic[a]:
                 lo, hi = torch.roll(p, 1, dims=td), torch.roll(p, -1, dims=td)
             else:
-                lo, hi = (pad.as_strided(p.shape, pad.stride(), offset) for offset in windows[a])
+                lo, hi = (pad.as_strided(p.shape, pad.stride(), base + o) for o in windows[a])
             out = out - c_lo * lo - c_hi * hi
         return out
 
-    def _windows(self, padded_shape: tuple[int, ...]) -> list:
-        """Per axis, the storage offsets in the (contiguous) padded field of the lower and the
-        upper neighbour of cell 0: each neighbour field is then one strided view of the pad
-        with the pad's strides and the unpadded shape (bounded axes are padded by one)."""
-        key = ("windows", padded_shape)
+    def _windows(self, pad: torch.Tensor) -> list:
+        """Per axis, the storage offsets of the lower and the upper neighbour of cell 0 in the
+        padded field ``pad`` (bounded axes padded by one): each neighbour field is then one
+        strided view of the pad, with its strides and the unpadded shape. Cached per shape
+        (``F.pad`` returns a fresh contiguous tensor, so the strides follow from it)."""
+        key = ("windows", tuple(pad.shape))
         if key not in self._stencils:
-            g = self.grid
-            ndim = len(padded_shape)
-            strides = [1] * ndim
-            for d in range(ndim - 2, -1, -1):
-                strides[d] = strides[d + 1] * padded_shape[d + 1]
+            g, strides, last = self.grid, pad.stride(), pad.dim() - 1
             windows = []
             for a in range(g.dim):
                 pair = []
@@ -87,7 +85,7 @@ class PressureOperator(LinearOperator):
                     offset = 0
                     for b in range(g.dim):
                         if not g.periodic[b]:
-                            offset += (start if b == a else 1) * strides[ndim - 1 - b]
+                            offset += (start if b == a else 1) * strides[last - b]
                     pair.append(offset)
                 windows.append(pair)
             self._stencils[key] = windows
