@@ -348,11 +348,9 @@ def main() -> None:
         fns = {"ours": ours_step(res)}
         if phi:
             fns["peer"] = phiflow_step(res)
-        # turns alternate, each a block of STEP_BLOCK steps back to back (as a rollout runs
-        # them): single calls between the peer's 20x longer ones time a cold-cache step
-        stats = measure_interleaved(
-            fns, max(1, 5 * args.repeats // STEP_BLOCK), warmup=2, block=STEP_BLOCK
-        )
+        # repeats / 2 turns, alternating, each STEP_BLOCK steps back to back (as a rollout
+        # runs them): single calls between the peer's 20x longer ones time a cold-cache step
+        stats = measure_interleaved(fns, max(1, args.repeats // 2), warmup=2, block=STEP_BLOCK)
         print_item(
             results.add(
                 f"wake step {res[0]}x{res[1]}",
