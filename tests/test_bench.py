@@ -260,3 +260,41 @@ def test_every_benchmark_answers_help_and_writes_nothing(tmp_path, script, monke
     assert exit_.value.code in (0, None)
     assert "usage:" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/usr/bin/time").exists(), reason="needs GNU time")
+def test_time_to_first_result_script_with_a_stub_hybridsim(tmp_path):
+    """The committed time-to-first-result command: its argument errors, and the summary it
+    writes from the runs (a stub `hybridsim` that takes 0.2 s stands in for the real one)."""
+    script = BENCH / "time_to_first_result.sh"
+    stub = tmp_path / "bin" / "hybridsim"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nsleep 0.2\necho "$@" > args.txt\n')
+    stub.chmod(0o755)
+    env = {**__import__("os").environ, "PATH": f"{stub.parent}:/usr/bin:/bin"}
+
+    def run(*args):
+        return subprocess.run(
+            ["bash", str(script), *args], capture_output=True, text=True, env=env, cwd=tmp_path
+        )
+
+    bad = run("--repeats", "x")
+    assert bad.returncode == 2 and "--repeats" in bad.stderr
+    assert run("--frobnicate").returncode == 2
+    out = tmp_path / "ttfr"
+    ok = run("--out", str(out), "--repeats", "2", "lv", "ct")
+    assert ok.returncode == 0, ok.stderr
+    assert (out / "lv-1" / "args.txt").read_text().split() == [
+        "train",
+        "problem=lv",
+        "progress=none",
+    ]
+    summary = (out / "summary.txt").read_text()
+    assert summary.count(" rc=0 ") == 4
+    for p in ("lv", "ct"):
+        line = next(x for x in summary.splitlines() if x.startswith(f"{p}: wall"))
+        assert "(n=2)" in line
+        wall = float(line.split("wall ")[1].split()[0])
+        assert 0.0 <= wall < 10.0
+    again = run("--out", str(out), "lv")  # never writes into an existing folder
+    assert again.returncode == 2 and "exists" in again.stderr
