@@ -45,8 +45,10 @@ for p in "${problems[@]}"; do
         echo "$p $r rc=$rc wall=$wall cpu=$cpu load_at_start=$load" | tee -a "$summary"
     done
 done
-python3 - "$summary" <<'EOF'
-import statistics, sys
+python3 - "$summary" "$(dirname "$0")" <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[2])
+from common import summary  # the benchmarks' own median / min / max / n
 runs = {}
 for line in open(sys.argv[1]):
     if line.startswith("#"):
@@ -58,7 +60,8 @@ for line in open(sys.argv[1]):
 with open(sys.argv[1], "a") as out:
     for p, v in runs.items():
         def cell(xs):
-            return f"{statistics.median(xs):.0f} [{min(xs):.0f}, {max(xs):.0f}] (n={len(xs)})"
+            st = summary(xs)
+            return f"{st['median']:.0f} [{st['min']:.0f}, {st['max']:.0f}] (n={st['n']})"
         line = f"{p}: wall {cell([w for w, _ in v])} s, CPU {cell([c for _, c in v])} s"
         print(line)
         out.write(line + "\n")
