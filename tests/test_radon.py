@@ -8,7 +8,14 @@ import torch
 
 from hybridsim.numerics.operator import OPERATORS
 from hybridsim.numerics.phantoms import render_ellipses, shepp_logan
-from hybridsim.numerics.radon import FILTERS, RayTransform, backproject, fbp, fbp_filter
+from hybridsim.numerics.radon import (
+    FILTERS,
+    RayTransform,
+    backproject,
+    fbp,
+    fbp_filter,
+    sparse_matmul,
+)
 from hybridsim.numerics.reconstruction import psnr
 
 GEOMETRIES = {
@@ -40,6 +47,24 @@ def test_registered():
         assert name in OPERATORS
         err = OPERATORS[name]().adjointness_error()
         assert err < 1e-10, f"{name}: adjointness gap {err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["row-major", "column-major"])
+def test_sparse_matmul_ignores_out_and_matches_matmul(dtype, layout):
+    op = RayTransform(14, angles=6)
+    m, _ = op.matrices(torch.zeros((), dtype=dtype))
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, op.ny * op.nx, generator=gen, dtype=dtype)
+    x = x.T.contiguous() if layout == "row-major" else x.T
+    poisoned = torch.full((m.shape[0], 5), float("nan"), dtype=dtype)
+    got = sparse_matmul(m, x, out=poisoned)
+    assert got.data_ptr() == poisoned.data_ptr()
+    assert torch.isfinite(got).all(), "NaN already in the output buffer leaked into m @ x"
+    assert torch.equal(got, m @ x), "not the values of m @ x"
+    dense = m.to_dense().double() @ x.double()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(got.double(), dense, rtol=tol, atol=tol)
 
 
 def test_gradcheck_and_gradgradcheck():
