@@ -130,7 +130,9 @@ def _csr(
         )
 
 
-def sparse_matmul(m: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def sparse_matmul(
+    m: torch.Tensor, x: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """``m @ x`` for a sparse CSR ``m`` and a dense matrix ``x``, written into a fresh row-major
     ``out`` (or the one given, whose contents are ignored).
 
