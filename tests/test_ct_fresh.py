@@ -51,6 +51,22 @@ def test_batched_sampler_matches_the_per_phantom_renderer_and_its_distribution()
     assert live[:, 3:5].min() >= -0.5 and live[:, 3:5].max() < 0.5
 
 
+def test_rendered_phantom_is_the_same_sum_alone_or_in_any_batch():
+    # a fixed summation order: phantom i's pixels do not depend on its batch neighbours (nor,
+    # as no BLAS kernel is involved, on the machine), bit for bit
+    e = random_ellipses_batch(5, 40.0, torch.Generator().manual_seed(11))
+    together = render_ellipses_batch(e, (24, 31), dtype=torch.float64)
+    for i in range(5):
+        alone = render_ellipses_batch(e[i : i + 1], (24, 31), dtype=torch.float64)
+        assert torch.equal(alone[0], together[i]), f"phantom {i} changed with its batch"
+    shuffled = render_ellipses_batch(e[[3, 1, 4, 0, 2]], (24, 31), dtype=torch.float64)
+    assert torch.equal(shuffled, together[[3, 1, 4, 0, 2]])
+    # the chunk only groups the sum: the same image to rounding
+    torch.testing.assert_close(
+        render_ellipses_batch(e, (24, 31), torch.float64, chunk=3), together, rtol=0, atol=1e-12
+    )
+
+
 def test_the_stream_is_a_function_of_the_generator_state():
     problem = Tomography(FRESH)
     like = {"angles": torch.zeros(1, dtype=torch.float64)}

@@ -157,27 +157,44 @@ def render_ellipses_batch(
     chunk: int = 16,
 ) -> torch.Tensor:
     """Render ``(batch, n, 6)`` ellipses (rows of value 0 draw nothing) to ``(batch, ny, nx)``
-    images sampled at the pixel centres, as ``render_ellipses`` with ``supersample=1``;
-    vectorised over the batch and ``chunk`` ellipses at a time (memory ``batch·chunk·ny·nx``).
-    Computed in float64 on ``ellipses``' device, returned in ``dtype``."""
+    images sampled at the pixel centres, as ``render_ellipses`` with ``supersample=1``.
+    Computed in float64 on ``ellipses``' device, returned in ``dtype``; memory ``4 batch·ny·nx``.
+
+    Vectorised over the batch, one ellipse index at a time into preallocated buffers, so every
+    pass stays in cache (a ``batch x chunk`` block of whole images does not). The values are a
+    fixed sum: the ellipses of each ``chunk`` are added in order, then the chunk to the image,
+    the same on every machine (no BLAS kernel picks the order).
+    """
     ny, nx = (shape, shape) if isinstance(shape, int) else tuple(shape)
     e = ellipses.to(torch.float64)
-    dev = e.device
+    dev, (nb, n) = e.device, e.shape[:2]
     x = ((torch.arange(nx, dtype=torch.float64, device=dev) + 0.5) / nx * 2 - 1)[None, :]
     y = (1 - (torch.arange(ny, dtype=torch.float64, device=dev) + 0.5) / ny * 2)[:, None]
-    image = torch.zeros(e.shape[0], ny, nx, dtype=torch.float64, device=dev)
-    for i in range(0, e.shape[1], chunk):
-        value, a, b, x0, y0, phi = e[:, i : i + chunk].unbind(-1)  # each (batch, chunk)
-        c, s = torch.cos(phi), torch.sin(phi)
-        # the quadratic form u² + v² = p dx² + 2 q dx dy + r dy² of the rotated, scaled offsets
-        ia, ib = 1 / (a * a), 1 / (b * b)
-        p, q, r = c * c * ia + s * s * ib, c * s * (ia - ib), s * s * ia + c * c * ib
-        dx = x - x0[..., None, None]  # (batch, chunk, 1, nx)
-        dy = y - y0[..., None, None]  # (batch, chunk, ny, 1)
-        form = (p[..., None, None] * dx * dx + r[..., None, None] * dy * dy) + (
-            2 * q[..., None, None] * dx
-        ) * dy
-        image += torch.einsum("bcyx,bc->byx", (form <= 1).to(torch.float64), value)
+    # ellipse index first: each (batch, ...) slice below is contiguous
+    value, a, b, x0, y0, phi = e.transpose(0, 1).unbind(-1)  # each (n, batch)
+    c, s = torch.cos(phi), torch.sin(phi)
+    # the quadratic form u² + v² = p dx² + 2 q dx dy + r dy² of the rotated, scaled offsets;
+    # its separable parts are small: (n, batch, 1, nx) and (n, batch, ny, 1)
+    ia, ib = 1 / (a * a), 1 / (b * b)
+    p, q, r = c * c * ia + s * s * ib, c * s * (ia - ib), s * s * ia + c * c * ib
+    dx = x - x0[..., None, None]
+    dy = y - y0[..., None, None]
+    pxx, ryy = p[..., None, None] * dx * dx, r[..., None, None] * dy * dy
+    qx, value = 2 * q[..., None, None] * dx, value[..., None, None].contiguous()
+    image = torch.zeros(nb, ny, nx, dtype=torch.float64, device=dev)
+    form, cross, acc = (torch.empty_like(image) for _ in range(3))
+    inside = torch.empty(nb, ny, nx, dtype=torch.bool, device=dev)
+    zero = torch.zeros((), dtype=torch.float64, device=dev)
+    for i in range(0, n, chunk):
+        for k in range(i, min(i + chunk, n)):
+            torch.add(pxx[k], ryy[k], out=form)
+            form += torch.mul(qx[k], dy[k], out=cross)
+            torch.le(form, 1, out=inside)
+            if k == i:
+                torch.where(inside, value[k], zero, out=acc)
+            else:
+                acc += torch.where(inside, value[k], zero, out=cross)
+        image += acc
     return image.to(dtype)
 
 
