@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -271,7 +272,7 @@ def test_time_to_first_result_script_with_a_stub_hybridsim(tmp_path):
     stub.parent.mkdir()
     stub.write_text('#!/bin/sh\nsleep 0.2\necho "$@" > args.txt\n')
     stub.chmod(0o755)
-    env = {**__import__("os").environ, "PATH": f"{stub.parent}:/usr/bin:/bin"}
+    env = {**os.environ, "PATH": f"{stub.parent}:/usr/bin:/bin"}
 
     def run(*args):
         return subprocess.run(

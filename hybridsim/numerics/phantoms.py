@@ -182,18 +182,18 @@ def render_ellipses_batch(
     pxx, ryy = p[..., None, None] * dx * dx, r[..., None, None] * dy * dy
     qx, value = 2 * q[..., None, None] * dx, value[..., None, None].contiguous()
     image = torch.zeros(nb, ny, nx, dtype=torch.float64, device=dev)
-    form, cross, acc = (torch.empty_like(image) for _ in range(3))
+    form, scratch, acc = (torch.empty_like(image) for _ in range(3))
     inside = torch.empty(nb, ny, nx, dtype=torch.bool, device=dev)
     zero = torch.zeros((), dtype=torch.float64, device=dev)
     for i in range(0, n, chunk):
         for k in range(i, min(i + chunk, n)):
             torch.add(pxx[k], ryy[k], out=form)
-            form += torch.mul(qx[k], dy[k], out=cross)
+            form += torch.mul(qx[k], dy[k], out=scratch)
             torch.le(form, 1, out=inside)
             if k == i:
                 torch.where(inside, value[k], zero, out=acc)
             else:
-                acc += torch.where(inside, value[k], zero, out=cross)
+                acc += torch.where(inside, value[k], zero, out=scratch)
         image += acc
     return image.to(dtype)
 

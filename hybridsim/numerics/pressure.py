@@ -58,15 +58,14 @@ class PressureOperator(LinearOperator):
             for a in range(g.dim):
                 widths += [1, 1] if a in bounded else [0, 0]
             pad = F.pad(p, widths)
+            windows, strides, base = self._windows(pad), pad.stride(), pad.storage_offset()
         out = diag * p
-        windows = self._windows(pad) if bounded else None
-        base = pad.storage_offset() if bounded else 0
         for a, (c_lo, c_hi) in enumerate(coeffs):
             td = p.dim() - 1 - a
             if g.periodic[a]:
                 lo, hi = torch.roll(p, 1, dims=td), torch.roll(p, -1, dims=td)
             else:
-                lo, hi = (pad.as_strided(p.shape, pad.stride(), base + o) for o in windows[a])
+                lo, hi = (pad.as_strided(p.shape, strides, base + o) for o in windows[a])
             out = out - c_lo * lo - c_hi * hi
         return out
 
